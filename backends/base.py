@@ -1,0 +1,329 @@
+"""The one interface both backends implement, and the vocabulary it speaks.
+
+Vocabulary
+----------
+host
+    A physical server running a hypervisor (one libvirt connection). Its ``id``
+    is stable and assigned by us, not by libvirt (libvirt's own host identity
+    is not reliable). ``status`` is ``connected`` while we can talk to it.
+    ``sync_cursor`` is a per-host integer that grows on every change we observe
+    on that host (VM added, removed, changed state, host status changed). It is
+    the Unix time, in seconds, of the newest change, but bumped by at least one
+    per change, so it never repeats and never goes back even when the clock
+    does. A client that saw cursor ``c`` and now sees a larger one knows the
+    host's inventory changed since.
+VM
+    A libvirt domain. ``id`` is the domain UUID. ``status`` is libvirt's domain
+    state name (``running``, ``blocked``, ``paused``, ``shutdown`` - being shut
+    down -, ``shutoff``, ``crashed``, ``pmsuspended``, ``nostate``). A VM is
+    active on at most one host, and listed once, under ``host_id``: where it
+    runs or, when shut off, where its persistent definition lives.
+    ``persistent`` is false for a transient domain, which vanishes when it
+    stops (libvirt's semantics). ``also_defined_on`` lists hosts that keep a
+    stale inactive definition (a migration without ``undefine_source``).
+action
+    A power operation: ``start`` (create), ``stop`` (ACPI shutdown: returns at
+    once, the guest powers off later or never), ``stop`` + ``force`` (destroy:
+    off at once), ``restart`` (ACPI reboot) and ``restart`` + ``force`` (hard
+    reset), ``suspend`` (pause vCPUs), ``resume``. Actions that are no-ops in
+    QEMU's driver (suspend a paused VM, resume a running one) succeed; actions
+    that libvirt refuses (start a running VM, stop a shut-off one) raise
+    :class:`Conflict`.
+migration job
+    Moving a VM to another host. ``initiated`` when accepted, ``running``
+    while memory is copied (``progress``), then exactly one of ``completed``,
+    ``failed`` (``error`` says why) or ``cancelled``. Only ``completed`` moves
+    the VM; a failed or cancelled job leaves it running on its source.
+
+Errors are the :class:`BackendError` subclasses below; each carries the HTTP
+status the API answers with, so handlers never translate anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
+
+VmStatus = Literal[
+    "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"
+]
+HostStatus = Literal["connected", "disconnected"]
+ActionName = Literal["start", "stop", "restart", "suspend", "resume"]
+MigrationStatus = Literal["initiated", "running", "completed", "failed", "cancelled"]
+CopyStorage = Literal["none", "all", "inc"]
+
+VM_STATUSES: tuple[VmStatus, ...] = (
+    "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended",
+)
+# Active: the domain has a QEMU process. A crashed domain does not (on_crash=destroy).
+ACTIVE_STATUSES: frozenset[str] = frozenset(
+    {"running", "blocked", "paused", "shutdown", "pmsuspended"}
+)
+FINAL_MIGRATION_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class BackendError(Exception):
+    """A request that was understood but cannot be done; maps to one HTTP status."""
+
+    status = 500
+    code = "backend_error"
+    title = "Backend error"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(BackendError):
+    status, code, title = 400, "invalid_argument", "Bad Request"
+
+
+class NotFound(BackendError):
+    status, code, title = 404, "not_found", "Not Found"
+
+
+class Conflict(BackendError):
+    """The request is valid but the resource's current state does not allow it."""
+
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class NotSupported(BackendError):
+    status, code, title = 501, "not_supported", "Not Implemented"
+
+
+class Unavailable(BackendError):
+    """The host (or the backend itself) cannot be reached right now."""
+
+    status, code, title = 503, "unavailable", "Service Unavailable"
+
+    def __init__(self, detail: str, *, code: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after = retry_after
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    id: str
+    hostname: str
+    status: HostStatus
+    sync_cursor: int
+    cpus: int
+    memory_mib: int
+    vm_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Vm:
+    id: str
+    name: str
+    host_id: str
+    status: VmStatus
+    vcpus: int
+    memory_mib: int
+    persistent: bool
+    also_defined_on: tuple[str, ...] = ()
+    migration_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRequest:
+    destination_host_id: str
+    live: bool = True
+    persistent: bool = True
+    undefine_source: bool = True
+    copy_storage: CopyStorage = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationProgress:
+    data_total_bytes: int
+    data_processed_bytes: int
+    data_remaining_bytes: int
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    id: str
+    vm_id: str
+    source_host_id: str
+    destination_host_id: str
+    live: bool
+    persistent: bool
+    undefine_source: bool
+    copy_storage: CopyStorage
+    status: MigrationStatus
+    progress: MigrationProgress
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPoint:
+    t: int
+    cpu_percent: float
+    memory_used_bytes: int
+    disk_read_bps: float
+    disk_write_bps: float
+    net_rx_bps: float
+    net_tx_bps: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSeries:
+    resource_id: str
+    start: int
+    end: int
+    step: int
+    points: tuple[MetricPoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsWindow:
+    start: int
+    end: int
+    step: int
+
+    MAX_POINTS = 1440
+
+    def __post_init__(self) -> None:
+        if self.step <= 0:
+            raise InvalidArgument("step must be a positive number of seconds")
+        if self.end < self.start:
+            raise InvalidArgument("end must not be before start")
+        if (self.end - self.start) // self.step + 1 > self.MAX_POINTS:
+            raise InvalidArgument(
+                f"the window holds more than {self.MAX_POINTS} points: widen step or narrow the window"
+            )
+
+    def times(self) -> range:
+        first = self.start - self.start % self.step
+        return range(first, self.end + 1, self.step)
+
+
+# --------------------------------------------------------------------------- pages
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    limit: int = 100
+    cursor: str | None = None
+
+    def after(self) -> str | None:
+        """The key the previous page ended at, decoded from the opaque cursor."""
+        if self.cursor is None:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(self.cursor + "=" * (-len(self.cursor) % 4))
+            key = raw.decode("utf-8")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            raise InvalidArgument("cursor is not one this server issued", code="bad_cursor") from None
+        if not key.startswith("k:"):
+            raise InvalidArgument("cursor is not one this server issued", code="bad_cursor")
+        return key[2:]
+
+
+def encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(f"k:{key}".encode()).decode().rstrip("=")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VmFilter:
+    host_id: str | None = None
+    status: VmStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationFilter:
+    vm_id: str | None = None
+    status: MigrationStatus | None = None
+
+
+@dataclass(slots=True)
+class BackendInfo:
+    kind: str
+    details: dict[str, object] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- interface
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the handlers may ask of a cluster. Both backends implement exactly this.
+
+    Every method may raise the errors above and nothing else: implementations
+    translate their own failures (libvirt errors) before they get here.
+    Methods are coroutines so that a backend doing blocking I/O can move it off
+    the event loop; none of them blocks.
+    """
+
+    info: BackendInfo
+
+    async def start(self) -> None:
+        """Connect, load inventory. Called once before serving."""
+
+    async def close(self) -> None:
+        """Release connections and background tasks."""
+
+    async def list_hosts(self, page: PageRequest) -> Page[Host]: ...
+
+    async def get_host(self, host_id: str) -> Host: ...
+
+    async def list_vms(self, page: PageRequest, flt: VmFilter) -> Page[Vm]: ...
+
+    async def get_vm(self, vm_id: str) -> Vm: ...
+
+    async def vm_action(self, vm_id: str, action: ActionName, force: bool) -> Vm:
+        """Do a power action; answer the VM as it is right after libvirt returned."""
+
+    async def migrate(self, vm_id: str, request: MigrationRequest) -> Migration:
+        """Accept a migration job and return it ``initiated``; it runs in the background."""
+
+    async def list_migrations(self, page: PageRequest, flt: MigrationFilter) -> Page[Migration]: ...
+
+    async def get_migration(self, migration_id: str) -> Migration: ...
+
+    async def cancel_migration(self, migration_id: str) -> Migration:
+        """Abort a job that has not finished; a finished one raises Conflict."""
+
+    async def vm_metrics(self, vm_id: str, window: MetricsWindow) -> MetricSeries: ...
+
+    async def host_metrics(self, host_id: str, window: MetricsWindow) -> MetricSeries: ...
+
+    def now(self) -> float:
+        """The backend's clock (virtual in the simulator), Unix seconds."""
+
+
+# --------------------------------------------------------------------------- ordering
+# Both backends list in the same order so that pages and cursors mean the same
+# thing whichever backend answers.
+
+
+def vm_sort_key(name: str, vm_id: str) -> str:
+    return f"{name}\x00{vm_id}"
+
+
+def host_sort_key(hostname: str, host_id: str) -> str:
+    return f"{hostname}\x00{host_id}"

@@ -1,0 +1,210 @@
+"""The indexed inventory both backends answer reads from.
+
+The simulator keeps its whole truth here; the libvirt backend keeps here what
+events and resyncs told it, so that GET /hosts and GET /vms never wait on a
+libvirt round trip. Lists stay sorted by a stable key so that a page of 100 at
+100,000 VMs is a bisect and a short scan, not a sort.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from typing import TypeVar
+
+from backends.base import (
+    Host,
+    NotFound,
+    Page,
+    PageRequest,
+    Vm,
+    VmFilter,
+    encode_cursor,
+    host_sort_key,
+    vm_sort_key,
+)
+
+T = TypeVar("T")
+
+
+class SortedKeys:
+    """A sorted list of unique string keys."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self._keys = sorted(set(keys))
+
+    def add(self, key: str) -> None:
+        i = bisect.bisect_left(self._keys, key)
+        if i == len(self._keys) or self._keys[i] != key:
+            self._keys.insert(i, key)
+
+    def discard(self, key: str) -> None:
+        i = bisect.bisect_left(self._keys, key)
+        if i < len(self._keys) and self._keys[i] == key:
+            del self._keys[i]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def after(self, key: str | None) -> Iterator[str]:
+        start = 0 if key is None else bisect.bisect_right(self._keys, key)
+        return iter(self._keys[start:]) if start == 0 else _tail(self._keys, start)
+
+
+def _tail(keys: list[str], start: int) -> Iterator[str]:
+    # Iterate without copying the tail: a copy at 100,000 keys costs more than the page.
+    for i in range(start, len(keys)):
+        yield keys[i]
+
+
+def paginate(
+    keys: Iterator[str],
+    page: PageRequest,
+    lookup: Callable[[str], T],
+    keep: Callable[[T], bool] | None = None,
+) -> Page[T]:
+    items: list[T] = []
+    last_key: str | None = None
+    for key in keys:
+        item = lookup(key)
+        if keep is not None and not keep(item):
+            continue
+        if len(items) == page.limit:
+            # One more match exists past this page.
+            return Page(items, encode_cursor(last_key) if last_key is not None else None)
+        items.append(item)
+        last_key = key
+    return Page(items, None)
+
+
+class Inventory:
+    """Hosts and VMs, indexed by sort key, host and status; owns sync cursors."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, Host] = {}
+        self.vms: dict[str, Vm] = {}
+        self._host_keys = SortedKeys()
+        self._host_by_key: dict[str, str] = {}
+        self._vm_keys = SortedKeys()
+        self._vm_by_key: dict[str, str] = {}
+        self._by_host: dict[str, SortedKeys] = {}
+        self._by_status: dict[str, SortedKeys] = {}
+
+    # ----------------------------------------------------------------- hosts
+
+    def put_host(self, host: Host) -> None:
+        old = self.hosts.get(host.id)
+        if old is None:
+            key = host_sort_key(host.hostname, host.id)
+            self._host_keys.add(key)
+            self._host_by_key[key] = host.id
+            self._by_host.setdefault(host.id, SortedKeys())
+        self.hosts[host.id] = host
+
+    def get_host(self, host_id: str) -> Host:
+        host = self.hosts.get(host_id)
+        if host is None:
+            raise NotFound(f"no host with id {host_id}", code="host_not_found")
+        return replace(host, vm_count=len(self._by_host[host_id]))
+
+    def page_hosts(self, page: PageRequest) -> Page[Host]:
+        return paginate(
+            self._host_keys.after(page.after()),
+            page,
+            lambda key: self.get_host(self._host_by_key[key]),
+        )
+
+    def set_host_status(self, host_id: str, status: str, t: float) -> None:
+        host = self.hosts[host_id]
+        if host.status != status:
+            self.hosts[host_id] = replace(host, status=status)  # type: ignore[arg-type]
+            self.bump(host_id, t)
+
+    def bump(self, host_id: str, t: float) -> None:
+        """Advance a host's sync cursor: at least +1, and at least the change's Unix second."""
+        host = self.hosts.get(host_id)
+        if host is not None:
+            cursor = max(host.sync_cursor + 1, int(t))
+            self.hosts[host_id] = replace(host, sync_cursor=cursor)
+
+    # ------------------------------------------------------------------- VMs
+
+    def get_vm(self, vm_id: str) -> Vm:
+        vm = self.vms.get(vm_id)
+        if vm is None:
+            raise NotFound(f"no VM with id {vm_id}", code="vm_not_found")
+        return vm
+
+    def bulk_index(self) -> None:
+        """Index every VM placed straight into ``vms`` (a scenario load): one sort, no bumps."""
+        by_host: dict[str, list[str]] = {h: [] for h in self.hosts}
+        by_status: dict[str, list[str]] = {}
+        self._vm_by_key = {}
+        for vm in self.vms.values():
+            key = vm_sort_key(vm.name, vm.id)
+            self._vm_by_key[key] = vm.id
+            by_host.setdefault(vm.host_id, []).append(key)
+            by_status.setdefault(vm.status, []).append(key)
+        self._vm_keys = SortedKeys(self._vm_by_key)
+        self._by_host = {h: SortedKeys(keys) for h, keys in by_host.items()}
+        self._by_status = {s: SortedKeys(keys) for s, keys in by_status.items()}
+
+    def put_vm(self, vm: Vm, t: float) -> None:
+        old = self.vms.get(vm.id)
+        key = vm_sort_key(vm.name, vm.id)
+        if old is not None:
+            if old == vm:
+                return
+            self._unindex(old)
+            self.bump(old.host_id, t)
+        else:
+            self._vm_keys.add(key)
+            self._vm_by_key[key] = vm.id
+        self.vms[vm.id] = vm
+        self._by_host.setdefault(vm.host_id, SortedKeys()).add(key)
+        self._by_status.setdefault(vm.status, SortedKeys()).add(key)
+        self.bump(vm.host_id, t)
+
+    def remove_vm(self, vm_id: str, t: float) -> None:
+        vm = self.vms.pop(vm_id, None)
+        if vm is None:
+            return
+        self._unindex(vm)
+        key = vm_sort_key(vm.name, vm.id)
+        self._vm_keys.discard(key)
+        del self._vm_by_key[key]
+        self.bump(vm.host_id, t)
+
+    def _unindex(self, vm: Vm) -> None:
+        key = vm_sort_key(vm.name, vm.id)
+        self._by_host[vm.host_id].discard(key)
+        self._by_status[vm.status].discard(key)
+
+    def page_vms(self, page: PageRequest, flt: VmFilter) -> Page[Vm]:
+        after = page.after()
+        keep: Callable[[Vm], bool] | None = None
+        if flt.host_id is not None:
+            if flt.host_id not in self.hosts:
+                raise NotFound(f"no host with id {flt.host_id}", code="host_not_found")
+            keys = self._by_host[flt.host_id]
+            if flt.status is not None:
+                by_status = self._by_status.get(flt.status, SortedKeys())
+                # Walk the shorter index, filter by the other.
+                if len(by_status) < len(keys):
+                    keys = by_status
+                    host_id = flt.host_id
+                    keep = lambda vm: vm.host_id == host_id  # noqa: E731
+                else:
+                    status = flt.status
+                    keep = lambda vm: vm.status == status  # noqa: E731
+        elif flt.status is not None:
+            keys = self._by_status.get(flt.status, SortedKeys())
+        else:
+            keys = self._vm_keys
+        return paginate(keys.after(after), page, lambda k: self.vms[self._vm_by_key[k]], keep)
+
+    def vms_on(self, host_id: str) -> list[Vm]:
+        return [self.vms[self._vm_by_key[k]] for k in self._by_host.get(host_id, SortedKeys()).after(None)]

@@ -1,0 +1,656 @@
+"""The simulated cluster: the executable document of how a Cockpit cluster behaves.
+
+Like Nova's fake driver, this file documents the semantics the real backend
+has: the power state machine follows QEMU's libvirt driver (including its
+no-ops and refusals), migrations take time, report progress from a bandwidth
+model, fail when a host drops mid-way, and move the VM only when they
+complete. Nothing sleeps: time is a :class:`VirtualClock`, and pending work is
+a heap of events applied in order, each at its own due time, whenever anyone
+looks (every public method "settles" first). The same seed, scenario and
+sequence of calls and clock advances always give the same answers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from backends import scenario as scenarios
+from backends.base import (
+    ACTIVE_STATUSES,
+    FINAL_MIGRATION_STATUSES,
+    ActionName,
+    BackendError,
+    BackendInfo,
+    Conflict,
+    Host,
+    InvalidArgument,
+    MetricPoint,
+    MetricSeries,
+    MetricsWindow,
+    Migration,
+    MigrationFilter,
+    MigrationProgress,
+    MigrationRequest,
+    MigrationStatus,
+    NotFound,
+    Page,
+    PageRequest,
+    Unavailable,
+    Vm,
+    VmFilter,
+    VmStatus,
+)
+from backends.inventory import Inventory, SortedKeys, paginate
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+_MASK64 = (1 << 64) - 1
+_HISTORY_LIMIT = 2000
+_MIGRATION_RETENTION = 10_000
+
+
+class VirtualClock:
+    """Unix-seconds clock: ``start + elapsed_real * speed + manual advances``.
+
+    ``speed=0`` freezes it (tests move it with :meth:`advance`); ``speed=1`` runs
+    in real time; ``speed=10`` makes a 20-second migration take 2 seconds.
+    """
+
+    def __init__(self, start: float, speed: float = 0.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._base = float(start)
+        self._mark = monotonic()
+        self._speed = float(speed)
+
+    def now(self) -> float:
+        if self._speed == 0.0:
+            return self._base
+        return self._base + (self._monotonic() - self._mark) * self._speed
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise InvalidArgument("the clock only moves forward", code="clock_backwards")
+        self._rebase()
+        self._base += seconds
+
+    @property
+    def speed(self) -> float:
+        return self._speed
+
+    @speed.setter
+    def speed(self, value: float) -> None:
+        if value < 0:
+            raise InvalidArgument("speed must be >= 0", code="bad_speed")
+        self._rebase()
+        self._speed = float(value)
+
+    def _rebase(self) -> None:
+        self._base = self.now()
+        self._mark = self._monotonic()
+
+
+@dataclass(slots=True)
+class Fault:
+    """A failure armed by the control plane for the next matching call(s)."""
+
+    operation: str  # "action" | "migrate"
+    mode: str = "reject"  # "reject": the call errors; "fail": the migration fails mid-way
+    status: int = 503
+    message: str = "injected fault"
+    at_percent: float = 50.0
+    remaining: int = 1
+
+
+@dataclass(slots=True)
+class _Job:
+    id: str
+    seq: int
+    vm_id: str
+    source_host_id: str
+    request: MigrationRequest
+    status: MigrationStatus
+    created_at: float
+    total_bytes: int
+    bandwidth: float
+    prior_status: VmStatus
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    fail_fraction: float | None = None
+    fail_message: str | None = None
+
+    def processed(self, t: float) -> int:
+        if self.status == "completed":
+            return self.total_bytes
+        if self.started_at is None:
+            return 0
+        end = self.finished_at if self.finished_at is not None else t
+        return min(self.total_bytes, int((end - self.started_at) * self.bandwidth))
+
+    def snapshot(self, t: float) -> Migration:
+        done = self.processed(t)
+        total = self.total_bytes
+        r = self.request
+        return Migration(
+            id=self.id, vm_id=self.vm_id, source_host_id=self.source_host_id,
+            destination_host_id=r.destination_host_id, live=r.live, persistent=r.persistent,
+            undefine_source=r.undefine_source, copy_storage=r.copy_storage, status=self.status,
+            progress=MigrationProgress(total, done, total - done,
+                                       round(100.0 * done / total, 1) if total else 100.0),
+            created_at=self.created_at, started_at=self.started_at,
+            finished_at=self.finished_at, error=self.error,
+        )
+
+
+@dataclass(slots=True)
+class _Guest:
+    spec: scenarios.GuestSpec
+    salt: int
+    vcpus: int
+    epoch: int = 0  # bumped on every power change; stale scheduled events check it
+    shutdown_pending: bool = False
+    history: list[tuple[float, str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _State:
+    """Everything that :meth:`SimulatedBackend.reset` throws away."""
+
+    inv: Inventory
+    guests: dict[str, _Guest]
+    host_history: dict[str, list[tuple[float, str]]]
+    host_members: dict[str, set[str]]
+    jobs: dict[str, _Job]
+    job_keys: SortedKeys
+    job_by_key: dict[str, str]
+    events: list[tuple[float, int, Callable[[float], None]]]
+    rng: random.Random
+    seq: itertools.count  # type: ignore[type-arg]
+
+
+class SimulatedBackend:
+    """A Backend over a simulated cluster. Control-plane methods are extra."""
+
+    def __init__(
+        self,
+        scenario: scenarios.Scenario,
+        clock: VirtualClock | None = None,
+        *,
+        bandwidth_bytes_per_s: float = 512 * MIB,
+        setup_seconds: float = 0.5,
+        history_seconds: float = 86_400,
+    ) -> None:
+        self.clock = clock or VirtualClock(time.time(), speed=1.0)
+        self.bandwidth = bandwidth_bytes_per_s
+        self.setup_seconds = setup_seconds
+        self.history_seconds = history_seconds
+        self.latency_ms = 0
+        self.faults: deque[Fault] = deque()
+        self.scenario = scenario
+        self.info = BackendInfo("sim", {"scenario": scenario.name, "seed": scenario.seed})
+        self._s = self._build(scenario)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    # ------------------------------------------------------------ control plane
+
+    def reset(self, scenario: scenarios.Scenario | None = None) -> None:
+        """Back to the scenario's first state (or a new scenario's). The clock keeps running."""
+        if scenario is not None:
+            self.scenario = scenario
+            self.info = BackendInfo("sim", {"scenario": scenario.name, "seed": scenario.seed})
+        self.faults.clear()
+        self.latency_ms = 0
+        self._s = self._build(self.scenario)
+
+    def set_host_status(self, host_id: str, status: str) -> Host:
+        self._settle()
+        s = self._s
+        host = s.inv.get_host(host_id)
+        t = self.now()
+        if host.status != status:
+            s.inv.set_host_status(host_id, status, t)
+            s.host_history[host_id].append((t, status))
+            if status == "disconnected":
+                for job in list(s.jobs.values()):
+                    if job.status in FINAL_MIGRATION_STATUSES:
+                        continue
+                    if host_id == job.source_host_id:
+                        self._finish_job(job, t, "failed", "lost connection to the source host")
+                    elif host_id == job.request.destination_host_id:
+                        self._finish_job(job, t, "failed",
+                                         "lost connection to the destination host during migration")
+        return s.inv.get_host(host_id)
+
+    def inject_fault(self, fault: Fault) -> None:
+        if fault.operation not in ("action", "migrate"):
+            raise InvalidArgument("operation is action or migrate", code="bad_fault")
+        if fault.mode == "fail" and fault.operation != "migrate":
+            raise InvalidArgument("only a migration can fail mid-way", code="bad_fault")
+        if fault.mode == "reject" and fault.status not in (409, 503):
+            raise InvalidArgument("a rejection answers 409 or 503", code="bad_fault")
+        self.faults.append(fault)
+
+    def advance(self, seconds: float) -> float:
+        self.clock.advance(seconds)
+        self._settle()
+        return self.now()
+
+    def summary(self) -> dict[str, Any]:
+        self._settle()
+        s = self._s
+        return {
+            "scenario": self.scenario.name,
+            "seed": self.scenario.seed,
+            "now": self.now(),
+            "speed": self.clock.speed,
+            "latency_ms": self.latency_ms,
+            "hosts": len(s.inv.hosts),
+            "vms": len(s.inv.vms),
+            "migrations_active": sum(
+                1 for j in s.jobs.values() if j.status not in FINAL_MIGRATION_STATUSES),
+            "faults_armed": len(self.faults),
+            "pending_events": len(s.events),
+        }
+
+    # ------------------------------------------------------------ reads
+
+    async def list_hosts(self, page: PageRequest) -> Page[Host]:
+        self._settle()
+        return self._s.inv.page_hosts(page)
+
+    async def get_host(self, host_id: str) -> Host:
+        self._settle()
+        return self._s.inv.get_host(host_id)
+
+    async def list_vms(self, page: PageRequest, flt: VmFilter) -> Page[Vm]:
+        self._settle()
+        return self._s.inv.page_vms(page, flt)
+
+    async def get_vm(self, vm_id: str) -> Vm:
+        self._settle()
+        return self._s.inv.get_vm(vm_id)
+
+    async def list_migrations(self, page: PageRequest, flt: MigrationFilter) -> Page[Migration]:
+        self._settle()
+        s, t = self._s, self.now()
+
+        def keep(m: Migration) -> bool:
+            return (flt.vm_id is None or m.vm_id == flt.vm_id) and (
+                flt.status is None or m.status == flt.status)
+
+        return paginate(s.job_keys.after(page.after()), page,
+                        lambda k: s.jobs[s.job_by_key[k]].snapshot(t), keep)
+
+    async def get_migration(self, migration_id: str) -> Migration:
+        self._settle()
+        return self._job(migration_id).snapshot(self.now())
+
+    # ------------------------------------------------------------ actions
+
+    async def vm_action(self, vm_id: str, action: ActionName, force: bool) -> Vm:
+        self._settle()
+        s = self._s
+        vm = s.inv.get_vm(vm_id)
+        self._take_fault("action")
+        self._require_host(vm.host_id)
+        if vm.migration_id is not None:
+            raise Conflict(f"VM {vm.name} is migrating ({vm.migration_id})", code="vm_migrating")
+        t = self.now()
+        guest = s.guests[vm.id]
+        active = vm.status in ACTIVE_STATUSES
+        if action == "start":
+            if active:
+                raise Conflict("domain is already running", code="vm_running")
+            return self._set_status(vm, "running", t)
+        if not active:
+            raise Conflict("domain is not running", code="vm_not_running")
+        if action == "stop":
+            if force:
+                return self._power_off(vm, t)
+            # ACPI shutdown: accepted now, acted on by the guest later (or never).
+            if vm.status == "paused":
+                guest.shutdown_pending = True
+            else:
+                self._schedule_shutdown(vm, t)
+            return vm
+        if action == "restart":
+            # Reboot and reset keep the domain running; the guest's OS restarts inside.
+            guest.shutdown_pending = False
+            guest.epoch += 1
+            return vm
+        if action == "suspend":
+            if vm.status == "pmsuspended":
+                raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
+            # Suspending a paused domain is a no-op in QEMU's driver.
+            return vm if vm.status == "paused" else self._set_status(vm, "paused", t)
+        if action == "resume":
+            if vm.status == "pmsuspended":
+                raise Conflict("cannot resume a domain in pmsuspended state", code="vm_pmsuspended")
+            if vm.status != "paused":
+                return vm  # resuming a running domain is a no-op in QEMU's driver
+            vm = self._set_status(vm, "running", t)
+            if guest.shutdown_pending:
+                guest.shutdown_pending = False
+                self._schedule_shutdown(vm, t)
+            return vm
+        raise InvalidArgument(f"unknown action {action}", code="bad_action")
+
+    async def migrate(self, vm_id: str, request: MigrationRequest) -> Migration:
+        self._settle()
+        s = self._s
+        vm = s.inv.get_vm(vm_id)
+        dest = s.inv.hosts.get(request.destination_host_id)
+        if dest is None:
+            raise NotFound(f"no host with id {request.destination_host_id}",
+                           code="host_not_found")
+        fault = self._take_fault("migrate")
+        self._require_host(vm.host_id)
+        if vm.migration_id is not None:
+            raise Conflict(f"VM {vm.name} is already migrating ({vm.migration_id})",
+                           code="vm_migrating")
+        if dest.id == vm.host_id:
+            raise Conflict("Attempt to migrate guest to the same host", code="same_host")
+        if dest.status != "connected":
+            raise Conflict(f"destination host {dest.hostname} is disconnected",
+                           code="host_disconnected")
+        if vm.status not in ACTIVE_STATUSES:
+            raise Conflict("domain is not running", code="vm_not_running")
+        if vm.status == "pmsuspended":
+            raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
+        t = self.now()
+        guest = s.guests[vm.id]
+        total = vm.memory_mib * MIB
+        if request.live:
+            total += total // 10  # pages dirtied while copying are sent again
+        if request.copy_storage == "all":
+            total += guest.spec.disk_gib * GIB
+        elif request.copy_storage == "inc":
+            total += guest.spec.disk_gib * GIB // 10
+        seq = next(s.seq)
+        job = _Job(
+            id=f"{s.rng.getrandbits(48):012x}", seq=seq, vm_id=vm.id,
+            source_host_id=vm.host_id, request=request, status="initiated", created_at=t,
+            total_bytes=total, bandwidth=self.bandwidth, prior_status=vm.status,
+        )
+        if fault is not None:
+            job.fail_fraction = min(max(fault.at_percent, 0.0), 99.0) / 100.0
+            job.fail_message = fault.message
+        key = f"{seq:012d}"
+        s.jobs[job.id] = job
+        s.job_keys.add(key)
+        s.job_by_key[key] = job.id
+        self._trim_jobs()
+        # A non-live migration pauses the guest while its memory is copied.
+        status: VmStatus = "paused" if not request.live else vm.status
+        self._put_vm(replace(vm, migration_id=job.id, status=status), t)
+        self._at(t + self.setup_seconds, lambda when: self._run_job(job, when))
+        return job.snapshot(t)
+
+    async def cancel_migration(self, migration_id: str) -> Migration:
+        self._settle()
+        job = self._job(migration_id)
+        if job.status in FINAL_MIGRATION_STATUSES:
+            raise Conflict(f"migration {job.id} already {job.status}", code="migration_finished")
+        t = self.now()
+        self._finish_job(job, t, "cancelled", "migration job was cancelled by the client")
+        return job.snapshot(t)
+
+    # ------------------------------------------------------------ metrics
+
+    async def vm_metrics(self, vm_id: str, window: MetricsWindow) -> MetricSeries:
+        self._settle()
+        self._s.inv.get_vm(vm_id)
+        now = self.now()
+        points = []
+        for t in window.times():
+            if t > now:
+                break
+            p = self._vm_point(vm_id, t)
+            if p is not None and self._host_connected_at(p[1], t):
+                points.append(p[0])
+        return MetricSeries(vm_id, window.start, window.end, window.step, tuple(points))
+
+    async def host_metrics(self, host_id: str, window: MetricsWindow) -> MetricSeries:
+        self._settle()
+        host = self._s.inv.get_host(host_id)
+        now = self.now()
+        members = self._s.host_members.get(host_id, set())
+        points = []
+        for t in window.times():
+            if t > now:
+                break
+            if not self._host_connected_at(host_id, t):
+                continue  # a gap: nobody could sample a host we could not reach
+            cpu = 0.0
+            mem = GIB  # the hypervisor's own share
+            rates = [0.0, 0.0, 0.0, 0.0]
+            for vm_id in members:
+                p = self._vm_point(vm_id, t)
+                if p is None or p[1] != host_id:
+                    continue
+                pt = p[0]
+                cpu += pt.cpu_percent * self._s.guests[vm_id].vcpus
+                mem += pt.memory_used_bytes
+                rates = [a + b for a, b in zip(rates, (pt.disk_read_bps, pt.disk_write_bps,
+                                                      pt.net_rx_bps, pt.net_tx_bps))]
+            points.append(MetricPoint(t, round(min(100.0, 2.0 + cpu / host.cpus), 2),
+                                      min(mem, host.memory_mib * MIB), *map(_r, rates)))
+        return MetricSeries(host_id, window.start, window.end, window.step, tuple(points))
+
+    # ------------------------------------------------------------ internals
+
+    def _build(self, sc: scenarios.Scenario) -> _State:
+        t = self.clock.now()
+        born = t - self.history_seconds
+        inv = Inventory()
+        host_history: dict[str, list[tuple[float, str]]] = {}
+        for h in sc.hosts:
+            inv.put_host(Host(h.id, h.hostname, h.status, h.sync_cursor or int(t),  # type: ignore[arg-type]
+                              h.cpus, h.memory_mib, 0))
+            host_history[h.id] = [(born, h.status)]
+        guests: dict[str, _Guest] = {}
+        members: dict[str, set[str]] = {h.id: set() for h in sc.hosts}
+        for v in sc.vms:
+            vm = Vm(v.id, v.name, v.host_id, v.status, v.vcpus, v.memory_mib,  # type: ignore[arg-type]
+                    v.persistent)
+            inv.vms[vm.id] = vm  # indexed in bulk below: put_vm per VM would bump cursors
+            salt = int(v.id.replace("-", "")[:16], 16) ^ sc.seed
+            guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
+            members[v.host_id].add(v.id)
+        inv.bulk_index()
+        return _State(inv, guests, host_history, members, {}, SortedKeys(), {}, [],
+                      random.Random(sc.seed), itertools.count(1))
+
+    def _settle(self) -> None:
+        """Apply every scheduled event that is due, in time order, each at its own time."""
+        events = self._s.events
+        now = self.clock.now()
+        while events and events[0][0] <= now:
+            due, _, fn = heapq.heappop(events)
+            fn(due)
+
+    def _at(self, due: float, fn: Callable[[float], None]) -> None:
+        heapq.heappush(self._s.events, (due, next(self._s.seq), fn))
+
+    def _job(self, migration_id: str) -> _Job:
+        job = self._s.jobs.get(migration_id)
+        if job is None:
+            raise NotFound(f"no migration with id {migration_id}", code="migration_not_found")
+        return job
+
+    def _require_host(self, host_id: str) -> None:
+        host = self._s.inv.hosts[host_id]
+        if host.status != "connected":
+            raise Unavailable(f"host {host.hostname} is disconnected", code="host_disconnected")
+
+    def _take_fault(self, operation: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.operation == operation:
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self.faults.remove(fault)
+                if fault.mode == "reject":
+                    err: BackendError
+                    if fault.status == 409:
+                        err = Conflict(fault.message, code="injected_fault")
+                    else:
+                        err = Unavailable(fault.message, code="injected_fault")
+                    raise err
+                return fault
+        return None
+
+    def _put_vm(self, vm: Vm, t: float) -> Vm:
+        old = self._s.inv.vms.get(vm.id)
+        self._s.inv.put_vm(vm, t)
+        if old is None or old.status != vm.status or old.host_id != vm.host_id:
+            hist = self._s.guests[vm.id].history
+            hist.append((t, vm.status, vm.host_id))
+            if len(hist) > _HISTORY_LIMIT:
+                del hist[: len(hist) - _HISTORY_LIMIT]
+            self._s.host_members.setdefault(vm.host_id, set()).add(vm.id)
+        return vm
+
+    def _set_status(self, vm: Vm, status: VmStatus, t: float) -> Vm:
+        self._s.guests[vm.id].epoch += 1
+        return self._put_vm(replace(vm, status=status), t)
+
+    def _power_off(self, vm: Vm, t: float) -> Vm:
+        guest = self._s.guests[vm.id]
+        guest.shutdown_pending = False
+        off = self._set_status(vm, "shutoff", t)
+        if not vm.persistent:
+            # A transient domain has no definition to fall back to: it is gone.
+            self._s.inv.remove_vm(vm.id, t)
+        return off
+
+    def _schedule_shutdown(self, vm: Vm, t: float) -> None:
+        guest = self._s.guests[vm.id]
+        if guest.spec.acpi == "ignore":
+            return  # libvirt said yes; the guest never acts on the ACPI event
+        epoch = guest.epoch
+
+        def shutdown(when: float) -> None:
+            current = self._s.inv.vms.get(vm.id)
+            if current is not None and guest.epoch == epoch and current.status == "running" \
+                    and current.migration_id is None:
+                self._power_off(current, when)
+
+        self._at(t + guest.spec.shutdown_seconds, shutdown)
+
+    def _run_job(self, job: _Job, t: float) -> None:
+        if job.status != "initiated":
+            return
+        job.status = "running"
+        job.started_at = t
+        duration = job.total_bytes / job.bandwidth
+        if job.fail_fraction is not None:
+            message = job.fail_message or "injected fault"
+            self._at(t + duration * job.fail_fraction,
+                     lambda when: self._finish_job(job, when, "failed", message))
+        else:
+            self._at(t + duration, lambda when: self._finish_job(job, when, "completed", None))
+
+    def _finish_job(self, job: _Job, t: float, status: MigrationStatus, error: str | None) -> None:
+        if job.status in FINAL_MIGRATION_STATUSES:
+            return
+        s = self._s
+        job.status = status
+        job.finished_at = t
+        job.error = error if status != "completed" else None
+        vm = s.inv.vms.get(job.vm_id)
+        if vm is None:
+            return
+        if status != "completed":
+            # Nothing lost: the VM goes on running on its source.
+            self._put_vm(replace(vm, migration_id=None, status=job.prior_status), t)
+            return
+        r = job.request
+        also = [h for h in vm.also_defined_on if h != r.destination_host_id]
+        if vm.persistent and not r.undefine_source:
+            also.append(job.source_host_id)
+        s.guests[vm.id].epoch += 1
+        moved = replace(vm, host_id=r.destination_host_id, migration_id=None,
+                        status=job.prior_status, persistent=r.persistent,
+                        also_defined_on=tuple(sorted(set(also))))
+        self._put_vm(moved, t)
+
+    def _trim_jobs(self) -> None:
+        s = self._s
+        if len(s.jobs) <= _MIGRATION_RETENTION:
+            return
+        for key in list(s.job_keys.after(None)):
+            job = s.jobs[s.job_by_key[key]]
+            if job.status in FINAL_MIGRATION_STATUSES:
+                del s.jobs[job.id], s.job_by_key[key]
+                s.job_keys.discard(key)
+                if len(s.jobs) <= _MIGRATION_RETENTION:
+                    return
+
+    def _host_connected_at(self, host_id: str, t: float) -> bool:
+        return _at_time(self._s.host_history.get(host_id, []), t, ("connected",))[0] == "connected"
+
+    def _vm_point(self, vm_id: str, t: int) -> tuple[MetricPoint, str] | None:
+        guest = self._s.guests.get(vm_id)
+        if guest is None:
+            return None
+        status, host_id = _at_time(guest.history, t, ("shutoff", ""))
+        vm = self._s.inv.vms.get(vm_id)
+        mem_mib = vm.memory_mib if vm is not None else 0
+        load = guest.spec.load
+        if status in ("running", "blocked", "shutdown"):
+            n = [_noise(guest.salt + k, t) for k in range(5)]
+            return MetricPoint(
+                t, round(min(100.0, 100.0 * load * (0.5 + n[0])), 2),
+                int(mem_mib * MIB * (0.3 + 0.5 * load)),
+                _r(load * 4e6 * n[1]), _r(load * 2e6 * n[2]),
+                _r(load * 8e6 * n[3]), _r(load * 5e6 * n[4]),
+            ), host_id
+        if status in ("paused", "pmsuspended"):
+            return MetricPoint(t, 0.0, int(mem_mib * MIB * (0.3 + 0.5 * load)),
+                               0.0, 0.0, 0.0, 0.0), host_id
+        return MetricPoint(t, 0.0, 0, 0.0, 0.0, 0.0, 0.0), host_id
+
+
+def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The entry of a (time, values...) history in force at time ``t``."""
+    if not history:
+        return default
+    lo, hi = 0, len(history)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if history[mid][0] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    entry = history[lo - 1] if lo else history[0]
+    return tuple(entry[1:])
+
+
+def _noise(salt: int, t: int) -> float:
+    """A stable pseudo-random number in [0, 1) from (salt, t): splitmix64."""
+    x = (salt * 0x9E3779B97F4A7C15 + t) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) / 2.0**64
+
+
+def _r(x: float) -> float:
+    return round(x, 1)
