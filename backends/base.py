@@ -193,24 +193,33 @@ class MetricSeries:
 
 @dataclass(frozen=True, slots=True)
 class MetricsWindow:
+    """A time window ``[start, end]`` sampled every ``step`` seconds (Unix seconds).
+
+    Build it with :meth:`of`, which never refuses a well-formed query: a missing
+    end is now, a missing start is an hour before the end, and a step too fine
+    for the window is widened so the answer holds at most ``MAX_POINTS`` points.
+    """
+
     start: int
     end: int
     step: int
 
     MAX_POINTS = 1440
+    DEFAULT_SPAN = 3600
 
-    def __post_init__(self) -> None:
-        if self.step <= 0:
-            raise InvalidArgument("step must be a positive number of seconds")
-        if self.end < self.start:
-            raise InvalidArgument("end must not be before start")
-        if (self.end - self.start) // self.step + 1 > self.MAX_POINTS:
-            raise InvalidArgument(
-                f"the window holds more than {self.MAX_POINTS} points: widen step or narrow the window"
-            )
+    @classmethod
+    def of(cls, start: int | None, end: int | None, step: int | None, now: float) -> MetricsWindow:
+        end = int(now) if end is None else end
+        start = end - cls.DEFAULT_SPAN if start is None else start
+        step = max(1, step or 60)
+        span = max(0, end - start)
+        if span // step + 1 > cls.MAX_POINTS:
+            step = -(-span // (cls.MAX_POINTS - 1))
+        return cls(start, end, step)
 
     def times(self) -> range:
-        first = self.start - self.start % self.step
+        """Sample instants: multiples of ``step`` inside the window (empty if end < start)."""
+        first = self.start + (-self.start) % self.step
         return range(first, self.end + 1, self.step)
 
 
@@ -225,17 +234,20 @@ class PageRequest:
     cursor: str | None = None
 
     def after(self) -> str | None:
-        """The key the previous page ended at, decoded from the opaque cursor."""
+        """The key the previous page ended at, decoded from the opaque cursor.
+
+        Decoding never fails: a cursor this server did not issue is read as some
+        position in the list, so a well-formed request is never refused for it.
+        """
         if self.cursor is None:
             return None
+        text = self.cursor[: len(self.cursor) - (len(self.cursor) % 4 == 1)]
         try:
-            raw = base64.urlsafe_b64decode(self.cursor + "=" * (-len(self.cursor) % 4))
-            key = raw.decode("utf-8")
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise InvalidArgument("cursor is not one this server issued", code="bad_cursor") from None
-        if not key.startswith("k:"):
-            raise InvalidArgument("cursor is not one this server issued", code="bad_cursor")
-        return key[2:]
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            return text
+        key = raw.decode("utf-8", errors="replace")
+        return key[2:] if key.startswith("k:") else key
 
 
 def encode_cursor(key: str) -> str:

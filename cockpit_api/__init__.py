@@ -1,0 +1,1 @@
+"""The Cockpit API server: app factory, auth, configuration and CLI."""

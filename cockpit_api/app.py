@@ -1,0 +1,145 @@
+"""The app factory: openapi.yaml routed to handlers/, over one backend.
+
+``create_app(settings, backend=...)`` builds a Connexion AsyncApp with strict
+request validation and problem+json errors, wraps it so that every request
+carries this instance's :class:`Services` in its scope, and mounts the
+simulator's control plane when the backend is the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import connexion
+from connexion.exceptions import ProblemException
+from connexion.middleware import MiddlewarePosition
+from connexion.options import SwaggerUIOptions
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
+
+from backends.base import Backend, BackendError
+from cockpit_api import problems
+from cockpit_api.auth import AuthError, AuthService, AuthSettings, User, hash_password
+from cockpit_api.config import ConfigError, Settings
+from cockpit_api.state import SCOPE_KEY, Services
+
+log = logging.getLogger("cockpit_api")
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "openapi.yaml"
+CONTROL_SPEC = Path(__file__).resolve().parent / "control.yaml"
+API_PREFIX = "/api/v1"
+CONTROL_PREFIX = "/_sim"
+
+
+class CockpitApp:
+    """The ASGI app: puts this instance's services in each scope, adds simulated latency."""
+
+    def __init__(self, inner: connexion.AsyncApp, services: Services,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.inner = inner
+        self.services = services
+        self._sleep = sleep
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SCOPE_KEY] = self.services
+            latency = getattr(self.services.backend, "latency_ms", 0)
+            if latency and scope["path"].startswith(API_PREFIX):
+                await self._sleep(latency / 1000)
+        elif scope["type"] == "websocket":
+            scope[SCOPE_KEY] = self.services
+        await self.inner(scope, receive, send)
+
+
+def build_backend(settings: Settings) -> Backend:
+    if settings.backend == "sim":
+        from backends import scenario
+        from backends.sim import SimulatedBackend, VirtualClock
+
+        clock = VirtualClock(settings.clock_start or float(int(time.time())), speed=settings.speed)
+        return SimulatedBackend(scenario.load(settings.scenario), clock)
+    try:
+        from backends.libvirt import LibvirtBackend
+    except ImportError as exc:
+        raise ConfigError(
+            "the libvirt backend needs libvirt-python: pip install -e '.[libvirt]' "
+            f"(it builds against Debian's libvirt-dev) ({exc})") from None
+    return LibvirtBackend.from_settings(settings)
+
+
+def _users(settings: Settings, backend: Backend) -> list[User]:
+    users = [User(u.username, u.password_hash, u.role) for u in settings.users]
+    scenario = getattr(backend, "scenario", None)
+    if scenario is not None:
+        # Demo users exist only with the simulator, never in front of real hosts.
+        known = {u.username for u in users}
+        users += [User(u.username, hash_password(u.password), u.role)
+                  for u in scenario.users if u.username not in known]
+    if not users:
+        raise ConfigError(
+            "no users are configured: add [[users]] entries to the config file, with a "
+            "password_hash from `cockpit-api hash-password`")
+    return users
+
+
+def create_app(settings: Settings | None = None, *, backend: Backend | None = None,
+               auth_clock: Callable[[], float] = time.time,
+               sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> CockpitApp:
+    settings = settings or Settings()
+    backend = backend or build_backend(settings)
+    secret = settings.jwt_secret
+    if not secret:
+        secret = secrets.token_urlsafe(48)
+        log.warning("no JWT secret configured: using a random one; tokens die with this process")
+    auth = AuthService(
+        _users(settings, backend),
+        AuthSettings(secret, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl,
+                     settings.refresh_ttl, settings.max_failures_per_user,
+                     settings.max_failures_per_address),
+        clock=auth_clock,
+    )
+    services = Services(backend, auth, settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        await backend.start()
+        try:
+            yield
+        finally:
+            await backend.close()
+
+    app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan)
+    app.add_api(
+        SPEC,
+        strict_validation=True,
+        validate_responses=settings.validate_responses,
+        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+        pythonic_params=False,
+    )
+    if backend.info.kind == "sim":
+        app.add_api(CONTROL_SPEC, strict_validation=True,
+                    validate_responses=settings.validate_responses)
+    app.add_middleware(
+        CORSMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Location", "Retry-After", "WWW-Authenticate"],
+    )
+    app.add_error_handler(BackendError, problems.on_backend_error)
+    app.add_error_handler(AuthError, problems.on_auth_error)
+    app.add_error_handler(ProblemException, problems.on_connexion_problem)
+    app.add_error_handler(HTTPException, problems.on_http_exception)
+    app.add_error_handler(UnicodeDecodeError, problems.on_bad_encoding)
+    app.add_error_handler(Exception, problems.on_unexpected)
+    return CockpitApp(app, services, sleep)

@@ -1,0 +1,72 @@
+"""control: the simulator's control plane (mounted only with the simulated backend)."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from backends import scenario as scenarios
+from backends.sim import Fault, SimulatedBackend
+from handlers._common import Json, backend, host_json, ok, require_admin
+
+
+def _sim() -> SimulatedBackend:
+    require_admin()
+    b = backend()
+    assert isinstance(b, SimulatedBackend)  # the control API is only mounted for it
+    return b
+
+
+async def get_state() -> Response:
+    return ok(_sim().summary())
+
+
+async def reset() -> Response:
+    sim = _sim()
+    sim.reset()
+    return ok(sim.summary())
+
+
+async def load_scenario(body: Json) -> Response:
+    sim = _sim()
+    source = body.get("data") if body.get("data") is not None else body.get("name", "default")
+    sim.reset(scenarios.load(source))
+    return ok(sim.summary())
+
+
+async def disconnect_host(host_id: str) -> Response:
+    return ok(host_json(_sim().set_host_status(host_id, "disconnected")))
+
+
+async def reconnect_host(host_id: str) -> Response:
+    return ok(host_json(_sim().set_host_status(host_id, "connected")))
+
+
+async def add_fault(body: Json) -> Response:
+    sim = _sim()
+    sim.inject_fault(Fault(
+        operation=body["operation"], mode=body.get("mode", "reject"),
+        status=body.get("status", 503), message=body.get("message", "injected fault"),
+        at_percent=float(body.get("at_percent", 50)), remaining=body.get("count", 1),
+    ))
+    return ok(sim.summary())
+
+
+async def clear_faults() -> Response:
+    sim = _sim()
+    sim.faults.clear()
+    return ok(sim.summary())
+
+
+async def set_latency(body: Json) -> Response:
+    sim = _sim()
+    sim.latency_ms = int(body["ms"])
+    return ok(sim.summary())
+
+
+async def set_clock(body: Json) -> Response:
+    sim = _sim()
+    if body.get("speed") is not None:
+        sim.clock.speed = float(body["speed"])
+    if body.get("advance"):
+        sim.advance(float(body["advance"]))
+    return ok(sim.summary())

@@ -1,0 +1,46 @@
+"""migrations: start a migration, watch it, cancel it."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from backends.base import MigrationFilter, MigrationRequest
+from handlers._common import (
+    Json,
+    backend,
+    migration_json,
+    ok,
+    page_json,
+    page_request,
+    require_admin,
+)
+
+
+async def migrate_vm(id: str, body: Json) -> Response:  # noqa: A002
+    require_admin()
+    req = MigrationRequest(
+        destination_host_id=body["destination_host_id"],
+        live=body.get("live", True),
+        persistent=body.get("persistent", True),
+        undefine_source=body.get("undefine_source", True),
+        copy_storage=body.get("copy_storage", "none"),
+    )
+    job = await backend().migrate(id, req)
+    return ok({"migration_id": job.id, "status": "initiated"}, 202,
+              {"Location": f"/api/v1/migrations/{job.id}"})
+
+
+async def list_migrations(limit: int = 100, cursor: str | None = None, vm_id: str | None = None,
+                          status: str | None = None) -> Response:
+    flt = MigrationFilter(vm_id=vm_id, status=status)  # type: ignore[arg-type]
+    page = await backend().list_migrations(page_request(limit, cursor), flt)
+    return ok(page_json("migrations", page, migration_json))
+
+
+async def get_migration(migration_id: str) -> Response:
+    return ok(migration_json(await backend().get_migration(migration_id)))
+
+
+async def cancel_migration(migration_id: str) -> Response:
+    require_admin()
+    return ok(migration_json(await backend().cancel_migration(migration_id)))

@@ -1,0 +1,26 @@
+"""vms: list, get, power actions."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from backends.base import VmFilter
+from handlers._common import Json, backend, ok, page_json, page_request, require_admin, vm_json
+
+
+async def list_vms(limit: int = 100, cursor: str | None = None, host_id: str | None = None,
+                   status: str | None = None) -> Response:
+    flt = VmFilter(host_id=host_id, status=status)  # type: ignore[arg-type]
+    page = await backend().list_vms(page_request(limit, cursor), flt)
+    return ok(page_json("vms", page, vm_json))
+
+
+# The reference names the path parameter `id`; Connexion passes it by that name.
+async def get_vm(id: str) -> Response:  # noqa: A002
+    return ok(vm_json(await backend().get_vm(id)))
+
+
+async def vm_action(id: str, body: Json) -> Response:  # noqa: A002
+    require_admin()
+    vm = await backend().vm_action(id, body["action"], bool(body.get("force", False)))
+    return ok(vm_json(vm))
