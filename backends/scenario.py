@@ -95,9 +95,10 @@ def _vm_uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def load(source: str | Path | dict[str, Any]) -> Scenario:
-    """Load a scenario from a file path, a bare name in scenarios/, or a mapping."""
-    if isinstance(source, dict):
+def load(source: str | Path | dict[str, Any] | list[Any]) -> Scenario:
+    """Load a scenario from a file path, a bare name in scenarios/, or parsed data."""
+    data: Any
+    if isinstance(source, (dict, list)):
         data = source
     else:
         path = Path(source)

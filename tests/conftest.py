@@ -1,0 +1,81 @@
+"""Fixtures: a simulated cluster on a frozen virtual clock, an app over it, tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from backends import scenario
+from backends.sim import SimulatedBackend, VirtualClock
+from cockpit_api.app import CockpitApp, create_app
+from cockpit_api.config import Settings
+
+T0 = 1_800_000_000.0
+SECRET = "test-secret-that-is-at-least-32-bytes-long"
+NODE1 = "019e0014-abcd-7057-b326-000000000001"
+NODE2 = "019e0014-ffff-7057-b326-000000000002"
+NODE3 = "019e0014-1a2b-7057-b326-000000000003"
+NODE4 = "019e0014-dead-7057-b326-000000000004"  # disconnected in the default scenario
+
+
+class FakeClock:
+    """Wall time for auth, moved by hand."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock(T0)
+
+
+@pytest.fixture
+def sim(clock: VirtualClock) -> SimulatedBackend:
+    return SimulatedBackend(scenario.load("default"), clock)
+
+
+@pytest.fixture
+def auth_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def app(sim: SimulatedBackend, auth_clock: FakeClock, sleeps: list[float]) -> CockpitApp:
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    settings = Settings(validate_responses=True, jwt_secret=SECRET)
+    return create_app(settings, backend=sim, auth_clock=auth_clock, sleep=fake_sleep)
+
+
+@pytest.fixture
+def client(app: CockpitApp) -> Iterator[TestClient]:
+    with TestClient(app) as c:
+        yield c
+
+
+def login(client: TestClient, username: str, password: str) -> dict[str, str]:
+    r = client.post("/api/v1/auth/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+@pytest.fixture
+def admin(client: TestClient) -> dict[str, str]:
+    return login(client, "admin", "admin")
+
+
+@pytest.fixture
+def viewer(client: TestClient) -> dict[str, str]:
+    return login(client, "viewer", "viewer")
