@@ -112,7 +112,7 @@ def load(source: str | Path | dict[str, Any] | list[Any]) -> Scenario:
         raise InvalidArgument("a scenario is a mapping", code="bad_scenario")
     try:
         return _parse(data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidArgument(f"bad scenario: {exc!r}", code="bad_scenario") from None
 
 

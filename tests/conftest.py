@@ -13,7 +13,7 @@ from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.config import Settings
 
 T0 = 1_800_000_000.0
-SECRET = "test-secret-that-is-at-least-32-bytes-long"
+SECRET = "test-secret-that-is-long-enough-for-every-hmac-algorithm-0123456789"
 NODE1 = "019e0014-abcd-7057-b326-000000000001"
 NODE2 = "019e0014-ffff-7057-b326-000000000002"
 NODE3 = "019e0014-1a2b-7057-b326-000000000003"
