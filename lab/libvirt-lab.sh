@@ -1,0 +1,473 @@
+#!/usr/bin/env bash
+# libvirt lab: two real libvirtd + QEMU (TCG) "hosts" on this machine, each in
+# its own network, mount and UTS namespace, joined by a veth pair, able to
+# live-migrate guests to each other.  Must run as root (no systemd needed).
+#
+#   libvirt-lab.sh up              start both daemons, define test guests on node 1
+#   libvirt-lab.sh down            destroy guests, kill daemons, remove netns + LAB_DIR
+#   libvirt-lab.sh status          show daemons and domains
+#   libvirt-lab.sh env             print shell exports (URIs, PIDs, ...)
+#   libvirt-lab.sh kill-daemon N   kill -9 libvirtd of node N (guests keep running)
+#   libvirt-lab.sh start-daemon N  (re)start libvirtd of node N, keeping its state
+#
+# Environment:
+#   LAB_DIR            state dir (default /tmp/cockpit-lab); must not be under /run, /var or /etc
+#   LAB_SUBNET         first three octets of the veth subnet (default 10.77.0)
+#   LAB_GUEST_COUNT    number of idle test guests lab-vm-01.. defined on node 1
+#                      (default 3); lab-vm-busy (memory-dirtying) is always defined
+#   LAB_START_GUESTS   space separated guest names to start after up (default: none)
+#   LAB_WAIT_SECS      how long up/start-daemon wait for a daemon (default 30)
+#   LAB_LOG_LEVEL      libvirtd log level 1..4 (default 3 = warnings)
+set -euo pipefail
+
+LAB_DIR="${LAB_DIR:-/tmp/cockpit-lab}"
+LAB_SUBNET="${LAB_SUBNET:-10.77.0}"
+LAB_GUEST_COUNT="${LAB_GUEST_COUNT:-3}"
+LAB_START_GUESTS="${LAB_START_GUESTS:-}"
+LAB_WAIT_SECS="${LAB_WAIT_SECS:-30}"
+LAB_LOG_LEVEL="${LAB_LOG_LEVEL:-3}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+GUEST_TEMPLATE="$HERE/guest.xml.in"
+NODES=(1 2)
+TCP_PORT=16509
+
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+export LC_ALL=C
+# runs reaper.py (stdlib only); prefer the system python
+if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON="$(command -v python3 || true)"; fi
+
+log() { echo "libvirt-lab: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+fmt_ms() { printf '%d.%03ds' $(($1 / 1000)) $(($1 % 1000)); }
+
+node_name() { printf 'lab-node-%02d' "$1"; }      # hostname == netns name
+node_dir()  { echo "$LAB_DIR/node$1"; }
+node_addr() { echo "$LAB_SUBNET.$1"; }
+node_veth() { echo "cklab-veth$1"; }
+node_sock() { echo "$(node_dir "$1")/run/libvirt/libvirt-sock"; }
+node_uri()  { echo "qemu+unix:///system?socket=$(node_sock "$1")"; }
+node_tcp_uri() { echo "qemu+tcp://$(node_addr "$1")/system"; }
+guest_name() { printf 'lab-vm-%02d' "$1"; }
+BUSY_GUEST=lab-vm-busy
+
+check_node() {
+  case "${1:-}" in 1|2) ;; *) die "node must be 1 or 2, got '${1:-}'";; esac
+}
+
+# PID of node N's libvirtd if it is alive, else empty.
+node_pid() {
+  local f pid
+  f="$(node_dir "$1")/run/libvirtd.pid"
+  [ -s "$f" ] || return 0
+  pid="$(tr -dc 0-9 <"$f")"
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "libvirtd" ]; then
+    echo "$pid"
+  fi
+  return 0
+}
+
+# true if PID exists and is not a zombie
+proc_alive() {
+  local st
+  st="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# PID of node N's launcher (ip netns exec -> unshare -> bash -> reaper.py, all
+# exec'ing, parent of libvirtd) if it is alive, else empty.
+launcher_pid() {
+  local f pid
+  f="$(node_dir "$1")/launcher.pid"
+  [ -s "$f" ] || return 0
+  pid="$(tr -dc 0-9 <"$f")"
+  if [ -n "$pid" ] && proc_alive "$pid"; then
+    echo "$pid"
+  fi
+  return 0
+}
+
+node_answers() { timeout 10 virsh -q -c "$(node_uri "$1")" list >/dev/null 2>&1; }
+
+require_root() { [ "$(id -u)" -eq 0 ] || die "must run as root"; }
+
+require_tools() {
+  local t missing=()
+  for t in libvirtd virsh ip unshare setsid timeout qemu-system-x86_64 python3; do
+    command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+  done
+  [ "${#missing[@]}" -eq 0 ] || die "missing tools: ${missing[*]} (run lab/install-deps.sh)"
+}
+
+check_lab_dir() {
+  case "$LAB_GUEST_COUNT" in ''|*[!0-9]*) die "LAB_GUEST_COUNT must be a number";; esac
+  case "$LAB_DIR" in
+    /|/run|/run/*|/var|/var/*|/etc|/etc/*) die "LAB_DIR=$LAB_DIR must not be under /run, /var or /etc";;
+    /*) ;;
+    *) die "LAB_DIR must be an absolute path";;
+  esac
+  # sun_path is 108 bytes
+  local s; s="$(node_sock 1)"
+  [ "${#s}" -lt 100 ] || die "LAB_DIR too long for a unix socket path: $s"
+}
+
+# ---------------------------------------------------------------- setup ----
+
+write_node_files() {
+  local n="$1" d name addr uuid qgid kgid
+  d="$(node_dir "$n")"; name="$(node_name "$n")"; addr="$(node_addr "$n")"
+  mkdir -p "$d/etc/libvirt/qemu" "$d/run" \
+    "$d/var/lib/libvirt/qemu" "$d/var/log/libvirt/qemu" "$d/var/cache/libvirt" \
+    "$d/var/tmp" "$d/var/lock"
+  chmod 1777 "$d/var/tmp"
+  ln -sfn /run "$d/var/run"
+  uuid="$(cat /proc/sys/kernel/random/uuid)"
+  echo "$uuid" >"$d/host_uuid"
+
+  cat >"$d/etc/libvirt/libvirtd.conf" <<EOF
+# generated by libvirt-lab.sh for $name
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "$addr"
+tcp_port = "$TCP_PORT"
+auth_tcp = "none"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+unix_sock_group = "root"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0770"
+host_uuid = "$uuid"
+log_level = $LAB_LOG_LEVEL
+log_outputs = "$LAB_LOG_LEVEL:stderr"
+EOF
+
+  cat >"$d/etc/libvirt/qemu.conf" <<EOF
+# generated by libvirt-lab.sh for $name
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+stdio_handler = "file"
+migration_address = "$addr"
+migration_host = "$addr"
+EOF
+  # client config used by the daemon itself when it connects to the peer (p2p)
+  cp /etc/libvirt/libvirt.conf "$d/etc/libvirt/libvirt.conf" 2>/dev/null || : >"$d/etc/libvirt/libvirt.conf"
+
+  # private passwd/group with the libvirt-qemu user libvirtd insists on
+  cp /etc/passwd "$d/etc/passwd"; cp /etc/group "$d/etc/group"
+  qgid=64055
+  while grep -q "^[^:]*:[^:]*:$qgid:" "$d/etc/group" || grep -q "^[^:]*:[^:]*:$qgid:" "$d/etc/passwd"; do
+    qgid=$((qgid + 1))
+  done
+  grep -q '^libvirt-qemu:' "$d/etc/group" || echo "libvirt-qemu:x:$qgid:" >>"$d/etc/group"
+  grep -q '^libvirt-qemu:' "$d/etc/passwd" || \
+    echo "libvirt-qemu:x:$qgid:$qgid:Libvirt Qemu,,,:/var/lib/libvirt:/usr/sbin/nologin" >>"$d/etc/passwd"
+  kgid=$((qgid + 1))
+  while grep -q "^[^:]*:[^:]*:$kgid:" "$d/etc/group"; do kgid=$((kgid + 1)); done
+  grep -q '^kvm:' "$d/etc/group" || echo "kvm:x:$kgid:" >>"$d/etc/group"
+  grep -q '^libvirt:' "$d/etc/group" || echo "libvirt:x:$((kgid + 1)):" >>"$d/etc/group"
+
+  # private hosts so both node names resolve inside the namespaces
+  {
+    echo "127.0.0.1 localhost"
+    echo "::1 localhost ip6-localhost ip6-loopback"
+    local m
+    for m in "${NODES[@]}"; do echo "$(node_addr "$m") $(node_name "$m")"; done
+  } >"$d/etc/hosts"
+
+  # runs inside the new mount+UTS namespace (and the node's netns), execs libvirtd
+  cat >"$d/start-inner.sh" <<EOF
+#!/bin/bash
+set -euo pipefail
+D='$d'
+mount --make-rprivate /
+mount --bind "\$D/etc/libvirt" /etc/libvirt
+mount --bind "\$D/etc/passwd"  /etc/passwd
+mount --bind "\$D/etc/group"   /etc/group
+mount --bind "\$D/etc/hosts"   /etc/hosts
+mount --bind "\$D/var"         /var
+mount --bind "\$D/run"         /run
+echo '$name' >/proc/sys/kernel/hostname
+ip link set lo up
+echo "libvirt-lab: \$(date '+%F %T') starting libvirtd for $name (pid \$\$)"
+exec "$PYTHON" '$HERE/reaper.py' /usr/sbin/libvirtd --listen --config /etc/libvirt/libvirtd.conf --pid-file /run/libvirtd.pid
+EOF
+  chmod +x "$d/start-inner.sh"
+}
+
+# Make both daemons probe QEMU now (in parallel, ~0.6 s; ~4 s with a cold disk
+# cache) instead of during the first define/start/incoming migration.
+warm_qemu_caps() {
+  local n pids=()
+  for n in "${NODES[@]}"; do
+    timeout 60 virsh -q -c "$(node_uri "$n")" domcapabilities --virttype qemu >/dev/null 2>&1 &
+    pids+=($!)
+  done
+  for n in "${pids[@]}"; do wait "$n" || log "warning: domcapabilities failed"; done
+}
+
+setup_network() {
+  local n ns a b
+  for n in "${NODES[@]}"; do
+    ns="$(node_name "$n")"
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+  done
+  a="$(node_veth 1)"; b="$(node_veth 2)"
+  ip link add "$a" type veth peer name "$b"
+  for n in "${NODES[@]}"; do
+    ns="$(node_name "$n")"
+    ip link set "$(node_veth "$n")" netns "$ns"
+    ip -n "$ns" addr add "$(node_addr "$n")/24" dev "$(node_veth "$n")"
+    ip -n "$ns" link set "$(node_veth "$n")" up
+  done
+}
+
+launch_daemon() {
+  local n="$1" d ns
+  d="$(node_dir "$n")"; ns="$(node_name "$n")"
+  ip netns pids "$ns" >/dev/null 2>&1 || die "netns $ns does not exist (run up first)"
+  rm -f "$d/launcher.pid" "$d/run/libvirtd.pid"
+  # setsid: own session, so a test runner's Ctrl-C/SIGHUP does not reach it.
+  # ip netns exec, unshare and bash all exec, so $! is reaper.py's PID
+  # (libvirtd is its child and writes its own pidfile).
+  setsid ip netns exec "$ns" \
+    unshare --mount --uts --propagation private /bin/bash "$d/start-inner.sh" \
+    </dev/null >>"$d/libvirtd.log" 2>&1 &
+  echo $! >"$d/launcher.pid"
+}
+
+wait_daemon() {
+  local n="$1" t0="$2" deadline pid
+  deadline=$(( $(now_ms) + LAB_WAIT_SECS * 1000 ))
+  while :; do
+    if node_answers "$n"; then
+      log "$(node_name "$n") answers after $(fmt_ms $(( $(now_ms) - t0 ))) (pid $(node_pid "$n"))"
+      return 0
+    fi
+    if [ -z "$(node_pid "$n")" ] && [ -z "$(launcher_pid "$n")" ]; then
+      log "libvirtd of $(node_name "$n") died; log tail:"
+      tail -n 40 "$(node_dir "$n")/libvirtd.log" >&2 || true
+      return 1
+    fi
+    if [ "$(now_ms)" -ge "$deadline" ]; then
+      log "$(node_name "$n") did not answer within ${LAB_WAIT_SECS}s; log tail:"
+      tail -n 40 "$(node_dir "$n")/libvirtd.log" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# 58-byte multiboot kernel for lab-vm-busy (see guest.xml.in):
+#   xor eax,eax; L1: mov edi,0x200000; L2: mov [edi],eax; add edi,0x1000;
+#   cmp edi,0x3000000; jb L2; inc eax; jmp L1
+write_busy_kernel() {
+  printf '%b' \
+    '\x02\xb0\xad\x1b\x00\x00\x01\x00\xfe\x4f\x51\xe4\x00\x00\x10\x00' \
+    '\x00\x00\x10\x00\x00\x00\x00\x00\x00\x00\x00\x00\x20\x00\x10\x00' \
+    '\x31\xc0\xbf\x00\x00\x20\x00\x89\x07\x81\xc7\x00\x10\x00\x00\x81' \
+    '\xff\x00\x00\x00\x03\x72\xf0\x40\xeb\xe8' >"$1"
+}
+
+render_guest() {  # name kernel-path-or-empty > xml
+  local kernel=""
+  [ -z "$2" ] || kernel="<kernel>$2</kernel>"
+  sed -e "s|@NAME@|$1|g" -e "s|@KERNEL@|$kernel|g" "$GUEST_TEMPLATE"
+}
+
+define_guests() {
+  local uri i name
+  uri="$(node_uri 1)"
+  [ -r "$GUEST_TEMPLATE" ] || die "missing $GUEST_TEMPLATE"
+  mkdir -p "$LAB_DIR/guests"
+  write_busy_kernel "$LAB_DIR/guests/busy-kernel.bin"
+  for i in $(seq 1 "$LAB_GUEST_COUNT"); do
+    name="$(guest_name "$i")"
+    render_guest "$name" "" >"$LAB_DIR/guests/$name.xml"
+    virsh -q -c "$uri" define "$LAB_DIR/guests/$name.xml" >/dev/null
+  done
+  render_guest "$BUSY_GUEST" "$LAB_DIR/guests/busy-kernel.bin" >"$LAB_DIR/guests/$BUSY_GUEST.xml"
+  virsh -q -c "$uri" define "$LAB_DIR/guests/$BUSY_GUEST.xml" >/dev/null
+  for name in $LAB_START_GUESTS; do
+    virsh -q -c "$uri" start "$name" >/dev/null
+  done
+}
+
+# -------------------------------------------------------------- commands ---
+
+cmd_up() {
+  require_root; require_tools; check_lab_dir
+  local t0 n ok=1
+  t0="$(now_ms)"
+  if [ -e "$LAB_DIR" ] && [ ! -e "$LAB_DIR/.libvirt-lab" ] && [ -n "$(ls -A "$LAB_DIR" 2>/dev/null)" ]; then
+    die "$LAB_DIR exists, is not empty and is not a lab dir; pick another LAB_DIR"
+  fi
+  if [ -e "$LAB_DIR" ] || ip netns pids "$(node_name 1)" >/dev/null 2>&1 || \
+     ip netns pids "$(node_name 2)" >/dev/null 2>&1; then
+    log "leftovers of a previous lab found; tearing them down first"
+    cmd_down
+  fi
+  mkdir -p "$LAB_DIR"
+  : >"$LAB_DIR/.libvirt-lab"   # down only deletes a LAB_DIR carrying this marker
+  for n in "${NODES[@]}"; do write_node_files "$n"; done
+  setup_network
+  for n in "${NODES[@]}"; do launch_daemon "$n"; done
+  for n in "${NODES[@]}"; do wait_daemon "$n" "$t0" || ok=0; done
+  if [ "$ok" -ne 1 ]; then
+    log "up FAILED (run '$0 down' to clean up)"
+    exit 1
+  fi
+  warm_qemu_caps
+  log "QEMU capabilities ready after $(fmt_ms $(( $(now_ms) - t0 )))"
+  define_guests
+  log "up in $(fmt_ms $(( $(now_ms) - t0 )))"
+  cmd_env
+}
+
+# Send a signal to the processes of a netns (libvirtd, qemu, anything else).
+signal_netns() {
+  local ns="$1" sig="$2" pids
+  pids="$(ip netns pids "$ns" 2>/dev/null || true)"
+  [ -n "$pids" ] || return 0
+  # shellcheck disable=SC2086
+  kill "-$sig" $pids 2>/dev/null || true
+}
+
+wait_netns_empty() {
+  local ns="$1" tries="$2"
+  while [ "$tries" -gt 0 ]; do
+    [ -z "$(ip netns pids "$ns" 2>/dev/null || true)" ] && return 0
+    sleep 0.1; tries=$((tries - 1))
+  done
+  return 1
+}
+
+cmd_down() {
+  require_root
+  local n ns uri dom pid t0 m
+  t0="$(now_ms)"
+  for n in "${NODES[@]}"; do
+    ns="$(node_name "$n")"; uri="$(node_uri "$n")"
+    # 1. destroy running guests while the daemon still answers
+    if [ -n "$(node_pid "$n")" ] && [ -S "$(node_sock "$n")" ]; then
+      for dom in $(timeout 10 virsh -q -c "$uri" list --name 2>/dev/null || true); do
+        timeout 15 virsh -q -c "$uri" destroy "$dom" >/dev/null 2>&1 || true
+      done
+    fi
+    # 2. stop libvirtd by its recorded PID
+    pid="$(node_pid "$n")"
+    if [ -n "$pid" ]; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    # 3. whatever is left in the namespace (orphaned qemu after kill-daemon, ...)
+    if ip netns pids "$ns" >/dev/null 2>&1; then
+      signal_netns "$ns" TERM
+      wait_netns_empty "$ns" 50 || { signal_netns "$ns" KILL; wait_netns_empty "$ns" 50 || true; }
+    fi
+  done
+  # 4. namespaces and veth (deleting a netns deletes the veth end inside it)
+  for n in "${NODES[@]}"; do
+    ns="$(node_name "$n")"
+    if [ -e "/run/netns/$ns" ]; then
+      ip netns del "$ns" 2>/dev/null || log "warning: could not delete netns $ns"
+    fi
+    ip link del "$(node_veth "$n")" 2>/dev/null || true   # only after a half-done up
+  done
+  # 5. mounts (the binds live in the daemons' private mount namespaces and vanish
+  #    with them; this only catches leaks into the root namespace)
+  if [ -n "$LAB_DIR" ] && [ "$LAB_DIR" != "/" ]; then
+    awk -v d="$LAB_DIR" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r |
+      while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    if [ -e "$LAB_DIR/.libvirt-lab" ] || rmdir "$LAB_DIR" 2>/dev/null; then
+      rm -rf --one-file-system "$LAB_DIR"
+    elif [ -e "$LAB_DIR" ]; then
+      log "warning: $LAB_DIR has no .libvirt-lab marker; not deleting it"
+    fi
+  fi
+  log "down in $(fmt_ms $(( $(now_ms) - t0 )))"
+}
+
+cmd_status() {
+  local n pid rc=0 ns
+  for n in "${NODES[@]}"; do
+    ns="$(node_name "$n")"; pid="$(node_pid "$n")"
+    printf '%s: netns=%s libvirtd=%s uri=%s\n' "$ns" \
+      "$( [ -e "/run/netns/$ns" ] && echo present || echo absent)" \
+      "${pid:-down}" "$(node_uri "$n")"
+    if [ -n "$pid" ] && node_answers "$n"; then
+      timeout 10 virsh -c "$(node_uri "$n")" list --all | sed 's/^/    /'
+    else
+      rc=1
+    fi
+  done
+  return "$rc"
+}
+
+cmd_env() {
+  local n
+  q() { printf "'%s'" "$1"; }
+  echo "export LAB_DIR=$(q "$LAB_DIR")"
+  for n in "${NODES[@]}"; do
+    echo "export LAB_NODE${n}_NAME=$(q "$(node_name "$n")")"
+    echo "export LAB_NODE${n}_URI=$(q "$(node_uri "$n")")"
+    echo "export LAB_NODE${n}_TCP_URI=$(q "$(node_tcp_uri "$n")")"
+    echo "export LAB_NODE${n}_ADDR=$(q "$(node_addr "$n")")"
+    echo "export LAB_NODE${n}_NETNS=$(q "$(node_name "$n")")"
+    echo "export LAB_NODE${n}_PID=$(q "$(node_pid "$n")")"
+    echo "export LAB_NODE${n}_HOST_UUID=$(q "$(cat "$(node_dir "$n")/host_uuid" 2>/dev/null || true)")"
+    echo "export LAB_NODE${n}_LOG=$(q "$(node_dir "$n")/libvirtd.log")"
+    echo "export LAB_NODE${n}_QEMU_LOG_DIR=$(q "$(node_dir "$n")/var/log/libvirt/qemu")"
+  done
+  local names="" i
+  for i in $(seq 1 "$LAB_GUEST_COUNT"); do names="$names $(guest_name "$i")"; done
+  echo "export LAB_GUESTS=$(q "${names# }")"
+  echo "export LAB_BUSY_GUEST=$(q "$BUSY_GUEST")"
+}
+
+cmd_kill_daemon() {
+  require_root; check_node "${1:-}"
+  local pid
+  pid="$(node_pid "$1")"
+  [ -n "$pid" ] || { log "libvirtd of $(node_name "$1") is not running"; return 0; }
+  kill -KILL "$pid"
+  for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+  log "killed libvirtd of $(node_name "$1") (pid $pid)"
+}
+
+cmd_start_daemon() {
+  require_root; require_tools; check_node "${1:-}"
+  local t0 pid
+  t0="$(now_ms)"
+  pid="$(node_pid "$1")"
+  if [ -n "$pid" ]; then
+    log "libvirtd of $(node_name "$1") already running (pid $pid)"
+  else
+    [ -d "$(node_dir "$1")" ] || die "no state for node $1 in $LAB_DIR (run up first)"
+    launch_daemon "$1"
+  fi
+  wait_daemon "$1" "$t0" || exit 1
+  echo "export LAB_NODE${1}_PID='$(node_pid "$1")'"
+}
+
+usage() {
+  awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+  exit "${1:-0}"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  kill-daemon) cmd_kill_daemon "${2:-}" ;;
+  start-daemon) cmd_start_daemon "${2:-}" ;;
+  -h|--help|help) usage 0 ;;
+  *) usage 2 ;;
+esac
