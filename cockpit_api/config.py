@@ -24,9 +24,12 @@ Example ``cockpit.toml``::
     sample_seconds = 10
     retention_seconds = 86400
 
+    migration_bandwidth_mib = 0    # cap per migration, MiB/s; 0 = unlimited
+
     [[hosts]]
     name = "vapor-node-01"
     uri = "qemu+ssh://root@vapor-node-01/system"
+    migration_uri = "qemu+tcp://10.0.0.1/system"   # optional: as the peer daemon sees it
 
     [[users]]
     username = "ops"
@@ -55,6 +58,9 @@ class ConfigError(Exception):
 class HostConfig:
     name: str
     uri: str
+    # The URI the *source* libvirtd uses to reach this host in a peer-to-peer
+    # migration, when it differs from how we reach it (default: ``uri``).
+    migration_uri: str | None = None
 
 
 @dataclass
@@ -85,6 +91,7 @@ class Settings:
     resync_seconds: float = 30.0
     sample_seconds: float = 10.0
     retention_seconds: int = 86400
+    migration_bandwidth_mib: int = 0  # 0: unlimited
     hosts: list[HostConfig] = field(default_factory=list)
     users: list[UserConfig] = field(default_factory=list)
 
