@@ -205,6 +205,3 @@ class Inventory:
         else:
             keys = self._vm_keys
         return paginate(keys.after(after), page, lambda k: self.vms[self._vm_by_key[k]], keep)
-
-    def vms_on(self, host_id: str) -> list[Vm]:
-        return [self.vms[self._vm_by_key[k]] for k in self._by_host.get(host_id, SortedKeys()).after(None)]

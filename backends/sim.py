@@ -173,7 +173,7 @@ class _State:
     job_by_key: dict[str, str]
     events: list[tuple[float, int, Callable[[float], None]]]
     rng: random.Random
-    seq: itertools.count  # type: ignore[type-arg]
+    seq: itertools.count
 
 
 class SimulatedBackend:
@@ -450,7 +450,7 @@ class SimulatedBackend:
                 cpu += pt.cpu_percent * self._s.guests[vm_id].vcpus
                 mem += pt.memory_used_bytes
                 rates = [a + b for a, b in zip(rates, (pt.disk_read_bps, pt.disk_write_bps,
-                                                      pt.net_rx_bps, pt.net_tx_bps))]
+                                                      pt.net_rx_bps, pt.net_tx_bps), strict=True)]
             points.append(MetricPoint(t, round(min(100.0, 2.0 + cpu / host.cpus), 2),
                                       min(mem, host.memory_mib * MIB), *map(_r, rates)))
         return MetricSeries(host_id, window.start, window.end, window.step, tuple(points))

@@ -139,7 +139,8 @@ class Settings:
                 try:
                     setattr(self, key, conv(value))
                 except ValueError:
-                    raise ConfigError(f"COCKPIT_{key.upper()}={value!r} is not a {conv.__name__}") from None
+                    raise ConfigError(
+                        f"COCKPIT_{key.upper()}={value!r} is not a {conv.__name__}") from None
 
     def _check(self) -> None:
         if self.backend not in ("sim", "libvirt"):

@@ -9,11 +9,19 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from cockpit_api.auth import AuthError, AuthService, AuthSettings, User, hash_password, verify_password
+from cockpit_api.auth import (
+    AuthError,
+    AuthService,
+    AuthSettings,
+    User,
+    hash_password,
+    verify_password,
+)
 from tests.conftest import SECRET, T0, FakeClock, login
 
 LOGIN = "/api/v1/auth/login"
 REFRESH = "/api/v1/auth/refresh"
+ADMIN = {"username": "admin", "password": "admin"}
 
 
 def _claims(token: str) -> dict[str, object]:
@@ -117,7 +125,7 @@ def test_tokens_expire_on_the_clock(client: TestClient, auth_clock: FakeClock) -
 
 
 def test_refresh_rotates_and_reuse_revokes_the_family(client: TestClient) -> None:
-    rt1 = client.post(LOGIN, json={"username": "admin", "password": "admin"}).json()["refresh_token"]
+    rt1 = client.post(LOGIN, json=ADMIN).json()["refresh_token"]
     r = client.post(REFRESH, json={"refresh_token": rt1})
     assert r.status_code == 200
     rt2 = r.json()["refresh_token"]
@@ -129,9 +137,10 @@ def test_refresh_rotates_and_reuse_revokes_the_family(client: TestClient) -> Non
 
 
 def test_refreshed_token_works(client: TestClient) -> None:
-    rt = client.post(LOGIN, json={"username": "viewer", "password": "viewer"}).json()["refresh_token"]
-    token = client.post(REFRESH, json={"refresh_token": rt}).json()["token"]
-    assert client.get("/api/v1/vms", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    rt = client.post(LOGIN, json={"username": "viewer", "password": "viewer"}).json()
+    token = client.post(REFRESH, json={"refresh_token": rt["refresh_token"]}).json()["token"]
+    r = client.get("/api/v1/vms", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
     assert _claims(token)["role"] == "viewer"
 
 

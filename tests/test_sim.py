@@ -306,7 +306,8 @@ def test_host_vm_counts_follow_migrations(sim: SimulatedBackend) -> None:
     n1, n2 = run(sim.get_host(NODE1)).vm_count, run(sim.get_host(NODE2)).vm_count
     _migrate(sim, "web-frontend-01")
     sim.advance(60)
-    assert (run(sim.get_host(NODE1)).vm_count, run(sim.get_host(NODE2)).vm_count) == (n1 - 1, n2 + 1)
+    counts = run(sim.get_host(NODE1)).vm_count, run(sim.get_host(NODE2)).vm_count
+    assert counts == (n1 - 1, n2 + 1)
 
 
 # ---------------------------------------------------------------- lists
