@@ -37,7 +37,7 @@ system-deps: install-test
 
 # Spectral, Redocly, openapi-typescript, TypeScript: pinned in package.json.
 node-deps:
-	@if command -v npm >/dev/null; then npm install --no-audit --no-fund --silent; \
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --silent; \
 	 else echo "no npm: spec linters and TypeScript client tests will be skipped"; fi
 
 lint: install-test

@@ -9,10 +9,13 @@ unexpected (logged, answered 500 without internals).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 from typing import Any
 
+import yaml
 from connexion.exceptions import ProblemException
 from connexion.http_facts import HTTP_STATUS_CODES
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
@@ -24,6 +27,7 @@ from cockpit_api.auth import AuthError, Throttled
 log = logging.getLogger("cockpit_api")
 
 PROBLEM_JSON = "application/problem+json"
+HOST_DISCONNECTED = "host_disconnected"
 
 _CODES = {
     400: "bad_request", 401: "invalid_token", 403: "forbidden", 404: "not_found",
@@ -60,7 +64,13 @@ def _path(request: ConnexionRequest) -> str:
 def on_backend_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, BackendError)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
-    return problem(exc.status, exc.detail, code=exc.code, title=exc.title,
+    status, title = exc.status, exc.title
+    if isinstance(exc, Unavailable) and exc.code == HOST_DISCONNECTED:
+        # The server is fine and the request is valid: the VM's host is in a state (unreachable)
+        # that does not allow the operation now. That is a 409, like a disconnected destination,
+        # and never a 5xx; Retry-After still says when to look again.
+        status, title = 409, "Conflict"
+    return problem(status, exc.detail, code=exc.code, title=title,
                    instance=_path(request), headers=headers)
 
 
@@ -83,8 +93,46 @@ def on_connexion_problem(request: ConnexionRequest, exc: Exception) -> Connexion
 
 def on_http_exception(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, HTTPException)
-    return problem(exc.status_code, str(exc.detail), instance=_path(request),
-                   headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names only the methods of the first route that matched the path, so a path
+        # with two operations (POST and DELETE /_sim/faults) would advertise one of them.
+        allowed = allowed_methods(_path(request))
+        if allowed:
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            headers["Allow"] = ", ".join(allowed)
+    return problem(exc.status_code, str(exc.detail), instance=_path(request), headers=headers)
+
+
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+@functools.cache
+def _routes() -> tuple[tuple[re.Pattern[str], frozenset[str]], ...]:
+    """(path regex, methods) for every path of the two specs the app serves."""
+    from cockpit_api.app import CONTROL_SPEC, SPEC  # the app imports this module
+
+    routes = []
+    for spec_file in (SPEC, CONTROL_SPEC):
+        spec = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+        prefix = str(spec["servers"][0]["url"]).rstrip("/")
+        for template, item in spec["paths"].items():
+            methods = {m.upper() for m in item if m in _METHODS}
+            if "GET" in methods:
+                methods.add("HEAD")  # Starlette answers HEAD wherever GET is routed
+            parts = re.split(r"(\{[^}/]+\})", prefix + template)
+            pattern = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+            routes.append((re.compile(pattern + "/?"), frozenset(methods)))
+    return tuple(routes)
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods the specs route for this request path, sorted; empty if none matches."""
+    methods: set[str] = set()
+    for pattern, route_methods in _routes():
+        if pattern.fullmatch(path):
+            methods |= route_methods
+    return sorted(methods)
 
 
 def on_bad_encoding(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

@@ -9,7 +9,7 @@ from typing import Any
 from connexion import context
 from starlette.responses import Response
 
-from backends.base import Backend, Host, Migration, MetricSeries, Page, PageRequest, Vm
+from backends.base import Backend, Host, MetricSeries, Migration, Page, PageRequest, Vm
 from cockpit_api.auth import Forbidden
 from cockpit_api.state import Services, services_of
 
