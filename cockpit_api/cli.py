@@ -1,4 +1,4 @@
-"""``cockpit-api``: serve the API, hash passwords."""
+"""``cockpit-api``: serve the API, hash passwords, check a deployment's conformance."""
 
 from __future__ import annotations
 
@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     hp = sub.add_parser("hash-password", help="print a password hash for [[users]] in the config")
     hp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     hp.set_defaults(func=_hash_password)
+
+    from cockpit_api import conformance
+
+    conformance.add_parser(sub)
     return parser
 
 
@@ -86,6 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cockpit-api: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from cockpit_api.conformance import UsageError
+
+        if isinstance(exc, UsageError):
+            print(f"cockpit-api: {exc}", file=sys.stderr)
+            return 2
+        raise
     return code
 
 

@@ -1,4 +1,4 @@
-"""Start `cockpit-api serve` as a real process on a loopback port, for tests over real HTTP."""
+"""Start a server as a real process on a loopback port, for tests over real HTTP."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -24,33 +26,39 @@ def free_port() -> int:
         return port
 
 
+@dataclass
+class Server:
+    base: str
+    pid: int
+    _log: IO[str]
+
+    def log(self) -> str:
+        """Everything the server printed so far."""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
+
+
 @contextlib.contextmanager
-def served(*args: str, timeout: float = 30.0) -> Iterator[str]:
-    """Yield the base URL (``http://127.0.0.1:PORT``) of a freshly started server."""
-    port = free_port()
+def serve_process(argv: list[str], port: int, timeout: float = 30.0) -> Iterator[Server]:
     env = dict(os.environ, COCKPIT_JWT_SECRET="served-test-secret-of-at-least-32-bytes!")
     # A file, not a pipe: a server that logs a lot must never block on a full pipe.
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port),
-         "--log-level", "warning", *args],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
+    server = Server(f"http://127.0.0.1:{port}", proc.pid, log)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                log.seek(0)
-                out = log.read()
-                raise RuntimeError(f"cockpit-api serve exited with {proc.returncode}:\n{out}")
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/api/v1/openapi.json", timeout=1).status_code == 200:
+                if httpx.get(f"{server.base}/api/v1/openapi.json", timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"cockpit-api serve did not answer within {timeout} s")
+                raise RuntimeError(f"server did not answer within {timeout} s:\n{server.log()}")
             time.sleep(0.05)  # polling a real process's readiness, bounded by the deadline
-        yield base
+        yield server
     finally:
         proc.terminate()
         try:
@@ -59,3 +67,13 @@ def served(*args: str, timeout: float = 30.0) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def served(*args: str, timeout: float = 30.0) -> Iterator[str]:
+    """Yield the base URL (``http://127.0.0.1:PORT``) of a fresh `cockpit-api serve`."""
+    port = free_port()
+    argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port),
+            "--log-level", "warning", *args]
+    with serve_process(argv, port, timeout) as server:
+        yield server.base
