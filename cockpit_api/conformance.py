@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if proc.returncode == 0 else 1
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("conformance", help="check a live deployment against openapi.yaml",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8080")

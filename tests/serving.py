@@ -43,7 +43,7 @@ class Server:
 def serve_process(argv: list[str], port: int, timeout: float = 30.0) -> Iterator[Server]:
     env = dict(os.environ, COCKPIT_JWT_SECRET="served-test-secret-of-at-least-32-bytes!")
     # A file, not a pipe: a server that logs a lot must never block on a full pipe.
-    log = tempfile.TemporaryFile(mode="w+")
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             text=True)
     server = Server(f"http://127.0.0.1:{port}", proc.pid, log)

@@ -25,6 +25,7 @@ import pytest
 from tests.serving import ROOT, served
 
 NODE_BIN = ROOT / "node_modules" / ".bin"
+NO_NODE_TOOLS = "openapi-typescript / typescript not installed: run `npm ci` (make test does)"
 DEST = "019e0014-ffff-7057-b326-000000000002"
 OFF_VM = "bc2c8e3e-93af-4954-a14c-1d7e84488709"  # build-runner-01: shut off
 RUNNING_VM = "d13c513a-42f8-4da1-97b1-165f0971b7c4"  # web-frontend-01: on vapor-node-01
@@ -119,9 +120,10 @@ def _reference_calls(models: Any, api: Any, base: str, token: str) -> None:
 def test_generated_typescript_types_compile_strictly(tmp_path: Path) -> None:
     gen, tsc = NODE_BIN / "openapi-typescript", NODE_BIN / "tsc"
     if not gen.exists() or not tsc.exists():
-        pytest.skip("openapi-typescript / typescript not installed: run `npm install` (make test does)")
-    proc = subprocess.run([str(gen), str(ROOT / "openapi.yaml"), "-o", str(tmp_path / "cockpit.ts")],
-                          capture_output=True, text=True, timeout=120)
+        pytest.skip(NO_NODE_TOOLS)
+    proc = subprocess.run([str(gen), str(ROOT / "openapi.yaml"), "-o",
+                           str(tmp_path / "cockpit.ts")], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     shutil.copy(ROOT / "tests" / "data" / "client_use.ts", tmp_path / "client_use.ts")
     proc = subprocess.run(
@@ -136,7 +138,7 @@ def test_tsc_catches_a_broken_use(tmp_path: Path) -> None:
     """The control for the test above: a use the spec does not allow must fail to compile."""
     gen, tsc = NODE_BIN / "openapi-typescript", NODE_BIN / "tsc"
     if not gen.exists() or not tsc.exists():
-        pytest.skip("openapi-typescript / typescript not installed: run `npm install` (make test does)")
+        pytest.skip(NO_NODE_TOOLS)
     subprocess.run([str(gen), str(ROOT / "openapi.yaml"), "-o", str(tmp_path / "cockpit.ts")],
                    check=True, capture_output=True, timeout=120)
     (tmp_path / "bad.ts").write_text(
