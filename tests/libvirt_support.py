@@ -1,0 +1,195 @@
+"""Shared helpers for the libvirt backend's tests: test-driver hosts, the mirrored sim, polling.
+
+The test-driver hosts are the XML files in ``tests/data/`` (``test:///<path>``
+gives every connection a private copy of the file's state, so every backend
+starts from the same cluster). :func:`sim_scenario` builds the simulator's
+scenario from the same files, and :data:`HOST_IDS` is written into the libvirt
+backend's state file, so both backends hold the same hosts and VMs under the
+same ids.
+
+Nothing here imports libvirt at module level: the shared suite must still run
+its simulator half where libvirt-python is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cockpit_api.auth import hash_password
+from cockpit_api.config import HostConfig, Settings, UserConfig
+
+if TYPE_CHECKING:
+    from backends.libvirt import LibvirtBackend
+    from cockpit_api.app import CockpitApp
+
+DATA = Path(__file__).resolve().parent / "data"
+NODES = ("node-a", "node-b", "node-c")
+# node-c is served from a copy in the test's tmp_path so that a test can take it away.
+REMOVABLE = "node-c"
+HOST_IDS = {
+    "node-a": "019e0014-a0a0-7057-b326-00000000000a",
+    "node-b": "019e0014-b0b0-7057-b326-00000000000b",
+    "node-c": "019e0014-c0c0-7057-b326-00000000000c",
+}
+RUNSTATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
+             5: "shutoff", 6: "crashed", 7: "pmsuspended"}
+TEST_NS = "{http://libvirt.org/schemas/domain/test/1.0}"
+
+ADMIN = ("admin", "admin-password")
+JWT_SECRET = "libvirt-tests-secret-that-is-long-enough-for-hmac-0123456789"
+LIBVIRT_MISSING = ("libvirt-python is not installed: run lab/install-deps.sh "
+                   "(or pip install -e '.[libvirt]' with Debian's libvirt-dev)")
+
+
+def node_file(name: str) -> Path:
+    return DATA / f"testdriver-{name}.xml"
+
+
+def host_configs(tmp_path: Path) -> list[HostConfig]:
+    """The three test-driver hosts; node-c's file is a copy under ``tmp_path``."""
+    out = []
+    for name in NODES:
+        path = node_file(name)
+        if name == REMOVABLE:
+            path = Path(shutil.copy(path, tmp_path / path.name))
+        out.append(HostConfig(name, f"test://{path}"))
+    return out
+
+
+def write_state_file(path: Path, ids: dict[str, str] = HOST_IDS) -> Path:
+    path.write_text(json.dumps({"version": 1, "hosts": ids}), encoding="utf-8")
+    return path
+
+
+def make_backend(tmp_path: Path, **overrides: Any) -> LibvirtBackend:
+    """A libvirt backend over the test-driver hosts (not started), with fixed host ids."""
+    from backends.libvirt import LibvirtBackend
+
+    state = tmp_path / "hosts.json"
+    if not state.exists():
+        write_state_file(state)
+    kwargs: dict[str, Any] = {
+        "state_file": str(state),
+        "sample_seconds": 3600,  # one sample at start; tests take more with sample_now()
+        "resync_seconds": 3600,
+        "reconnect_min_seconds": 0.05,
+        "reconnect_max_seconds": 0.2,
+        "progress_seconds": 0.05,
+    }
+    kwargs.update(overrides)
+    return LibvirtBackend(host_configs(tmp_path), **kwargs)
+
+
+def domains_in(name: str) -> list[dict[str, Any]]:
+    """The domains a node's XML defines, as the API would list them."""
+    out = []
+    root = ET.parse(node_file(name)).getroot()
+    for d in root.findall("domain"):
+        runstate = d.find(f"{TEST_NS}runstate")
+        out.append({
+            "id": d.findtext("uuid"),
+            "name": d.findtext("name"),
+            "status": RUNSTATES[int(runstate.text or 0) if runstate is not None else 5],
+            "vcpus": int(d.findtext("vcpu") or 1),
+            "memory_mib": int(d.findtext("memory") or 0),
+            "persistent": d.find(f"{TEST_NS}transient") is None,
+            "host": name,
+        })
+    return out
+
+
+def expected_vms() -> dict[str, dict[str, Any]]:
+    """VM name -> what the API lists: one record per UUID, the active copy wins."""
+    by_id: dict[str, dict[str, Any]] = {}
+    also: dict[str, list[str]] = {}
+    for node in NODES:
+        for d in domains_in(node):
+            seen = by_id.get(d["id"])
+            if seen is None:
+                by_id[d["id"]] = d
+            elif d["status"] == "shutoff":
+                also.setdefault(d["id"], []).append(HOST_IDS[node])
+            else:
+                also.setdefault(d["id"], []).append(HOST_IDS[seen["host"]])
+                by_id[d["id"]] = d
+    for vm_id, hosts in also.items():
+        by_id[vm_id]["also_defined_on"] = sorted(hosts)
+    return {d["name"]: d for d in by_id.values()}
+
+
+def sim_scenario() -> dict[str, Any]:
+    """The simulator's scenario holding the test-driver cluster (same ids, names, states)."""
+    hosts = []
+    for name in NODES:
+        root = ET.parse(node_file(name)).getroot()
+        hosts.append({"id": HOST_IDS[name], "hostname": name,
+                      "cpus": int(root.findtext("cpu/active") or 1),
+                      "memory_mib": int(root.findtext("memory") or 0) // 1024})
+    vms = [{"id": d["id"], "name": d["name"], "host": d["host"], "status": d["status"],
+            "vcpus": d["vcpus"], "memory_mib": d["memory_mib"], "persistent": d["persistent"]}
+           for d in expected_vms().values()]
+    return {"name": "libvirt-testdriver-mirror", "seed": 7, "hosts": hosts, "vms": vms}
+
+
+async def take_away(backend: LibvirtBackend, tmp_path: Path, name: str = REMOVABLE) -> None:
+    """Play a lost host: its file goes (reconnects fail) and its connection 'closes'."""
+    (tmp_path / node_file(name).name).unlink()
+    h = backend._hosts[backend.host_id(name)]
+    backend._lost(h, "taken away by the test")
+
+
+def bring_back(tmp_path: Path, name: str = REMOVABLE) -> None:
+    shutil.copy(node_file(name), tmp_path / node_file(name).name)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+                     timeout: float = 5.0, interval: float = 0.02) -> None:
+    """Bounded polling inside a running loop: ``check()`` becomes true within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {check}")
+        await asyncio.sleep(interval)
+
+
+def poll(check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """Bounded polling from synchronous code: the first truthy ``check()`` within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s (last: {result!r})")
+        time.sleep(interval)
+
+
+def libvirt_settings(hosts: list[HostConfig], state_file: Path, **overrides: Any) -> Settings:
+    return Settings(
+        backend="libvirt", hosts=hosts, jwt_secret=JWT_SECRET, validate_responses=True,
+        users=[UserConfig(ADMIN[0], hash_password(ADMIN[1]), "admin")],
+        state_file=str(state_file), **overrides)
+
+
+def libvirt_app(settings: Settings, backend: LibvirtBackend) -> CockpitApp:
+    from cockpit_api.app import create_app
+
+    return create_app(settings, backend=backend)
+
+
+def login_headers(client: Any) -> dict[str, str]:
+    r = client.post("/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
