@@ -57,7 +57,8 @@ CopyStorage = Literal["none", "all", "inc"]
 VM_STATUSES: tuple[VmStatus, ...] = (
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended",
 )
-# Active: the domain has a QEMU process. A crashed domain does not (on_crash=destroy).
+# Active: the domain has a QEMU process. libvirt may preserve a crashed one; the API
+# treats `crashed` as not running, and `start` restarts it.
 ACTIVE_STATUSES: frozenset[str] = frozenset(
     {"running", "blocked", "paused", "shutdown", "pmsuspended"}
 )

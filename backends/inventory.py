@@ -160,6 +160,12 @@ class Inventory:
                 return
             self._unindex(old)
             self.bump(old.host_id, t)
+            old_key = vm_sort_key(old.name, old.id)
+            if old_key != key:  # renamed: its place in the ordering moves
+                self._vm_keys.discard(old_key)
+                del self._vm_by_key[old_key]
+                self._vm_keys.add(key)
+                self._vm_by_key[key] = vm.id
         else:
             self._vm_keys.add(key)
             self._vm_by_key[key] = vm.id

@@ -156,7 +156,6 @@ class _Guest:
     salt: int
     vcpus: int
     epoch: int = 0  # bumped on every power change; stale scheduled events check it
-    shutdown_pending: bool = False
     history: list[tuple[float, str, str]] = field(default_factory=list)
 
 
@@ -326,14 +325,15 @@ class SimulatedBackend:
             if force:
                 return self._power_off(vm, t)
             # ACPI shutdown: accepted now, acted on by the guest later (or never).
+            # QEMU refuses it for a paused guest, which could not act on it.
             if vm.status == "paused":
-                guest.shutdown_pending = True
-            else:
-                self._schedule_shutdown(vm, t)
+                raise Conflict("domain is paused: resume it first, or stop it with force",
+                               code="vm_paused")
+            self._schedule_shutdown(vm, t)
             return vm
         if action == "restart":
-            # Reboot and reset keep the domain running; the guest's OS restarts inside.
-            guest.shutdown_pending = False
+            # Reboot and reset keep the domain running; the guest's OS restarts inside,
+            # which forgets a pending ACPI shutdown.
             guest.epoch += 1
             return vm
         if action == "suspend":
@@ -345,12 +345,10 @@ class SimulatedBackend:
             if vm.status == "pmsuspended":
                 raise Conflict("cannot resume a domain in pmsuspended state", code="vm_pmsuspended")
             if vm.status != "paused":
-                return vm  # resuming a running domain is a no-op in QEMU's driver
-            vm = self._set_status(vm, "running", t)
-            if guest.shutdown_pending:
-                guest.shutdown_pending = False
-                self._schedule_shutdown(vm, t)
-            return vm
+                # QEMU refuses to resume a running domain; the API makes it a no-op so
+                # that "make sure it runs" is idempotent on every driver.
+                return vm
+            return self._set_status(vm, "running", t)
         raise InvalidArgument(f"unknown action {action}", code="bad_action")
 
     async def migrate(self, vm_id: str, request: MigrationRequest) -> Migration:
@@ -533,8 +531,6 @@ class SimulatedBackend:
         return self._put_vm(replace(vm, status=status), t)
 
     def _power_off(self, vm: Vm, t: float) -> Vm:
-        guest = self._s.guests[vm.id]
-        guest.shutdown_pending = False
         off = self._set_status(vm, "shutoff", t)
         if not vm.persistent:
             # A transient domain has no definition to fall back to: it is gone.

@@ -97,15 +97,13 @@ def test_suspend_resume_and_their_qemu_no_ops(sim: SimulatedBackend) -> None:
     assert run(sim.vm_action(vm.id, "resume", False)).status == "running"
 
 
-def test_a_shutdown_asked_while_paused_happens_after_resume(sim: SimulatedBackend) -> None:
+def test_a_graceful_stop_of_a_paused_vm_is_refused_like_qemu(sim: SimulatedBackend) -> None:
     vm = vm_named(sim, "cache-redis-01")
     assert vm.status == "paused"
-    run(sim.vm_action(vm.id, "stop", False))
-    sim.advance(60)
-    assert run(sim.get_vm(vm.id)).status == "paused"
-    run(sim.vm_action(vm.id, "resume", False))
-    sim.advance(5)
-    assert run(sim.get_vm(vm.id)).status == "shutoff"
+    with pytest.raises(Conflict) as err:
+        run(sim.vm_action(vm.id, "stop", False))
+    assert err.value.code == "vm_paused"
+    assert run(sim.vm_action(vm.id, "stop", True)).status == "shutoff"
 
 
 def test_a_crashed_vm_can_be_started(sim: SimulatedBackend) -> None:
