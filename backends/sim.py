@@ -332,10 +332,13 @@ class SimulatedBackend:
             self._schedule_shutdown(vm, t)
             return vm
         if action == "restart":
-            # Reboot and reset keep the domain running; the guest's OS restarts inside,
-            # which forgets a pending ACPI shutdown.
-            guest.epoch += 1
-            return vm
+            # The guest's OS restarts inside, which forgets a pending ACPI shutdown. A
+            # reset leaves libvirt's state as it was; a reboot (ACPI) wakes a guest that
+            # is suspended to RAM or blocked, but not a paused one: its vCPUs are stopped.
+            if force or vm.status == "paused":
+                guest.epoch += 1
+                return vm
+            return self._set_status(vm, "running", t)
         if action == "suspend":
             if vm.status == "pmsuspended":
                 raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
@@ -545,7 +548,10 @@ class SimulatedBackend:
 
         def shutdown(when: float) -> None:
             current = self._s.inv.vms.get(vm.id)
-            if current is not None and guest.epoch == epoch and current.status == "running" \
+            # "shutdown" is a guest already on its way down: it gets there too. The ACPI
+            # power button also wakes a guest suspended to RAM, which then shuts down.
+            if current is not None and guest.epoch == epoch \
+                    and current.status in ("running", "blocked", "shutdown", "pmsuspended") \
                     and current.migration_id is None:
                 self._power_off(current, when)
 
