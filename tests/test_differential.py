@@ -101,7 +101,8 @@ class SimVersusLibvirt(RuleBasedStateMachine):
             # The answer is the VM right after the call: the test driver has powered off,
             # the simulated guest has not yet. Its state is compared once settled, below.
             sim, real = ("ok", sim[1][1:]), ("ok", real[1][1:])
-        assert sim == real, f"{action}{' force' if force else ''} on {vm}: sim {sim} != libvirt {real}"
+        what = f"{action}{' force' if force else ''} on {vm}"
+        assert sim == real, f"{what}: sim {sim} != libvirt {real}"
 
     def _status(self, vm: str) -> str | None:
         try:
