@@ -385,3 +385,89 @@ def test_a_killed_destination_fails_the_migration_and_comes_back(api: Lab) -> No
     TIMINGS["reconnect_after_start_daemon_s"] = round(time.monotonic() - t_start, 3)
     assert api.get(f"/vms?host_id={n2}")["vms"] == []  # nothing left behind on node 2
     api.ensure("lab-vm-busy", "shutoff")
+
+
+# ---------------------------------------------------------------- differential: sim vs QEMU
+
+
+def test_the_simulator_answers_like_the_lab(api: Lab) -> None:
+    """One scripted sequence of actions and migrations, sent through the API to the lab
+    (real QEMU) and to a simulator holding a copy of the lab's cluster: same answers."""
+    from backends import scenario
+    from backends.sim import SimulatedBackend, VirtualClock
+    from cockpit_api.app import create_app
+    from cockpit_api.config import Settings
+
+    name = "lab-vm-03"
+    api.ensure(name, "shutoff")
+    n1, n2 = api.host_id(NODE1), api.host_id(NODE2)
+    names = {n1: NODE1, n2: NODE2}
+    mirror = {
+        "name": "lab-mirror", "seed": 1,
+        "users": [{"username": "admin", "password": "admin", "role": "admin"}],
+        "hosts": [{"id": h["id"], "hostname": h["hostname"]} for h in api.get("/hosts")["hosts"]],
+        "vms": [{"id": v["id"], "name": v["name"], "host": v["host_id"], "status": v["status"],
+                 "vcpus": v["vcpus"], "memory_mib": v["memory_mib"], "persistent": v["persistent"]}
+                for v in api.get("/vms?limit=1000")["vms"]],
+    }
+    sim = SimulatedBackend(scenario.load(mirror), VirtualClock(T0_SIM))
+    sim_app = create_app(Settings(validate_responses=True, jwt_secret="s" * 40), backend=sim)
+
+    def script(client: TestClient, headers: dict[str, str], settle: Any) -> list[Any]:
+        def vm() -> dict[str, Any]:
+            r = client.get(f"{API}/vms?limit=1000", headers=headers).json()["vms"]
+            return next(v for v in r if v["name"] == name)
+
+        def post(path: str, body: dict[str, Any]) -> Any:
+            r = client.post(API + path, json=body, headers=headers)
+            return r.status_code, (r.json().get("code") or r.json().get("status"))
+
+        def where() -> tuple[str, str, bool, list[str]]:
+            v = vm()
+            return (v["status"], names[v["host_id"]], v["persistent"],
+                    [names[h] for h in v["also_defined_on"]])
+
+        def migrate(dest: str, **flags: Any) -> Any:
+            r = client.post(f"{API}/vms/{vm()['id']}/migrate", headers=headers,
+                            json={"destination_host_id": dest, **flags})
+            if r.status_code != 202:
+                return r.status_code, r.json()["code"]
+            job = settle(r.json()["migration_id"])
+            return 202, job["status"], where()
+
+        vm_id = vm()["id"]
+        out: list[Any] = [
+            migrate(n2, **REFERENCE_PAYLOAD),                       # shut off: refused
+            post(f"/vms/{vm_id}/action", {"action": "start"}),
+            migrate(n1, **REFERENCE_PAYLOAD),                       # its own host
+            migrate(n2, **REFERENCE_PAYLOAD),                       # the reference move
+            migrate(n1, live=False, persistent=True, undefine_source=False, copy_storage="none"),
+            post(f"/vms/{vm_id}/action", {"action": "suspend"}),
+            post(f"/vms/{vm_id}/action", {"action": "stop"}),       # paused: refused
+            post(f"/vms/{vm_id}/action", {"action": "resume"}),
+            post(f"/vms/{vm_id}/action", {"action": "resume"}),     # running: no-op
+            post(f"/vms/{vm_id}/action", {"action": "stop", "force": True}),
+            where(),
+        ]
+        return out
+
+    def lab_settle(mid: str) -> dict[str, Any]:
+        return api.wait_job(mid, {"completed", "failed", "cancelled"}, timeout=60)
+
+    real = script(api.client, api.headers, lab_settle)
+    with TestClient(sim_app) as c:
+        token = c.post(f"{API}/auth/login", json={"username": "admin", "password": "admin"})
+        h = {"Authorization": f"Bearer {token.json()['token']}"}
+
+        def sim_settle(mid: str) -> dict[str, Any]:
+            sim.advance(120)
+            job: dict[str, Any] = c.get(f"{API}/migrations/{mid}", headers=h).json()
+            return job
+
+        simulated = script(c, h, sim_settle)
+    assert simulated == real
+    assert real[3] == (202, "completed", ("running", NODE2, True, []))
+    assert real[4] == (202, "completed", ("running", NODE1, True, [NODE2]))
+
+
+T0_SIM = 1_800_000_000.0
