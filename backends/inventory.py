@@ -50,14 +50,10 @@ class SortedKeys:
         return len(self._keys)
 
     def after(self, key: str | None) -> Iterator[str]:
+        """Keys after ``key``, lazily: slicing would copy up to 100,000 keys for one page."""
         start = 0 if key is None else bisect.bisect_right(self._keys, key)
-        return iter(self._keys[start:]) if start == 0 else _tail(self._keys, start)
-
-
-def _tail(keys: list[str], start: int) -> Iterator[str]:
-    # Iterate without copying the tail: a copy at 100,000 keys costs more than the page.
-    for i in range(start, len(keys)):
-        yield keys[i]
+        keys = self._keys
+        return (keys[i] for i in range(start, len(keys)))
 
 
 def paginate(

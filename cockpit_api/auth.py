@@ -12,6 +12,7 @@ without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -149,6 +150,23 @@ class AuthService:
     # -------------------------------------------------------------- login
 
     def login(self, username: str, password: str, client: str) -> TokenPair:
+        now, user = self._gate(username, client)
+        ok = verify_password(password, user.password_hash if user else _DUMMY_HASH)
+        return self._conclude(user, ok, username, client, now)
+
+    async def login_off_loop(self, username: str, password: str, client: str) -> TokenPair:
+        """:meth:`login` with the scrypt check in a worker thread.
+
+        scrypt takes ~30 ms on purpose; on the event loop it would stall every
+        other request for that long. Only the pure hash check leaves the loop:
+        the throttling and token tables are touched on the loop alone.
+        """
+        now, user = self._gate(username, client)
+        ok = await asyncio.to_thread(verify_password, password,
+                                     user.password_hash if user else _DUMMY_HASH)
+        return self._conclude(user, ok, username, client, now)
+
+    def _gate(self, username: str, client: str) -> tuple[float, User | None]:
         now = self.clock()
         s = self.settings
         for key, table, limit in ((username, self._user_failures, s.max_failures_per_user),
@@ -156,8 +174,10 @@ class AuthService:
             wait = self._throttle_wait(table, key, limit, now)
             if wait:
                 raise Throttled(f"too many failed logins, retry in {wait} seconds", wait)
-        user = self.users.get(username)
-        ok = verify_password(password, user.password_hash if user else _DUMMY_HASH)
+        return now, self.users.get(username)
+
+    def _conclude(self, user: User | None, ok: bool, username: str, client: str,
+                  now: float) -> TokenPair:
         if user is None or not ok:
             for key, table in ((username, self._user_failures), (client, self._addr_failures)):
                 table.setdefault(key, _Failures()).times.append(now)

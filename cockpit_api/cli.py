@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 import logging
 import sys
@@ -30,8 +31,12 @@ def _serve(args: argparse.Namespace) -> int:
               f" control plane {base}/_sim/ui/", flush=True)
         users = ", ".join(f"{u.username}/{u.password} ({u.role})" for u in scenario.users)
         print(f"  demo users: {users}", flush=True)
+    # Everything built so far (spec, validators, scenario) lives as long as the process:
+    # take it out of the collector's reach, or full collections stall requests 30-160 ms.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log, lifespan="on")
+                access_log=args.access_log, lifespan="on", loop="uvloop", http="httptools")
     return 0
 
 

@@ -5,6 +5,11 @@
 app and cover domain errors, auth errors, Connexion's own validation
 problems, Starlette's routing errors, undecodable bodies and anything
 unexpected (logged, answered 500 without internals).
+
+Two answers are adjusted on the way out: a backend's ``Unavailable`` with code
+``host_disconnected`` is a 409 (a valid request meeting a resource state, not a
+server failure), and a 405 names every method the specs route for the path in
+``Allow`` (Starlette names only those of the first route it matched).
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from cockpit_api.auth import AuthError, Throttled
 log = logging.getLogger("cockpit_api")
 
 PROBLEM_JSON = "application/problem+json"
-HOST_DISCONNECTED = "host_disconnected"
 
 _CODES = {
     400: "bad_request", 401: "invalid_token", 403: "forbidden", 404: "not_found",
@@ -38,7 +42,8 @@ _CODES = {
 
 
 def problem(status: int, detail: str, *, code: str | None = None, title: str | None = None,
-            instance: str | None = None, headers: dict[str, str] | None = None) -> ConnexionResponse:
+            instance: str | None = None,
+            headers: dict[str, str] | None = None) -> ConnexionResponse:
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": title or HTTP_STATUS_CODES.get(status, "Error"),
@@ -64,13 +69,7 @@ def _path(request: ConnexionRequest) -> str:
 def on_backend_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, BackendError)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
-    status, title = exc.status, exc.title
-    if isinstance(exc, Unavailable) and exc.code == HOST_DISCONNECTED:
-        # The server is fine and the request is valid: the VM's host is in a state (unreachable)
-        # that does not allow the operation now. That is a 409, like a disconnected destination,
-        # and never a 5xx; Retry-After still says when to look again.
-        status, title = 409, "Conflict"
-    return problem(status, exc.detail, code=exc.code, title=title,
+    return problem(exc.status, exc.detail, code=exc.code, title=exc.title,
                    instance=_path(request), headers=headers)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from connexion import context
 from starlette.responses import Response
 
@@ -23,8 +23,7 @@ def ok(body: Json, status: int = 200, headers: dict[str, str] | None = None) -> 
     Connexion answers 500 unless told which one a handler returns; building the
     response also skips its second serialisation pass.
     """
-    return Response(json.dumps(body, separators=(",", ":")).encode(), status,
-                    headers, media_type="application/json")
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
 def no_content() -> Response:

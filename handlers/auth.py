@@ -17,7 +17,8 @@ def _pair(pair: TokenPair) -> Response:
 
 async def login(body: Json) -> Response:
     client = request.client.host if request.client else "unknown"
-    return _pair(services().auth.login(body["username"], body["password"], client))
+    pair = await services().auth.login_off_loop(body["username"], body["password"], client)
+    return _pair(pair)
 
 
 async def refresh(body: Json) -> Response:

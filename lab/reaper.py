@@ -12,6 +12,7 @@ It stays alive after PROGRAM dies (e.g. `libvirt-lab.sh kill-daemon N`) for as
 long as orphaned QEMUs remain, so they are still reaped promptly when a
 restarted libvirtd destroys them; then it exits with PROGRAM's status.
 """
+import contextlib
 import ctypes
 import os
 import signal
@@ -38,10 +39,8 @@ def main():
             os._exit(127)
 
     def forward(signum, frame):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)

@@ -171,8 +171,8 @@ def poll_job(dom, th, interval=0.05):
 
 # ---- scenarios -------------------------------------------------------------------
 def lab(*args):
-    p = subprocess.run([LAB] + list(args), capture_output=True, text=True)
-    sys.stdout.write("".join("  | " + l + "\n" for l in (p.stderr + p.stdout).splitlines()))
+    p = subprocess.run([LAB, *args], capture_output=True, text=True)
+    sys.stdout.write("".join("  | " + line + "\n" for line in (p.stderr + p.stdout).splitlines()))
     if p.returncode != 0:
         raise RuntimeError("libvirt-lab.sh %s failed with %d" % (" ".join(args), p.returncode))
     return p.stdout

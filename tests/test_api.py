@@ -252,10 +252,15 @@ def test_control_reset_and_scenario(client: TestClient, admin: dict[str, str]) -
     vms = client.get(f"{API}/vms", headers=admin).json()["vms"]
     assert [v["name"] for v in vms] == ["only"]
     r = client.post("/_sim/scenario", json={"name": "no-such-scenario"}, headers=admin)
-    assert r.status_code == 400 and r.json()["code"] == "scenario_not_found"
+    assert r.status_code == 404 and r.json()["code"] == "scenario_not_found"
     r = client.post("/_sim/scenario", json={"data": {"hosts": [{"hostname": 3}], "vms": [1]}},
                     headers=admin)
-    assert r.status_code == 400 and r.json()["code"] == "bad_scenario"
+    assert r.status_code == 400 and r.json()["code"] == "bad_request"
+    bad_ref = {"hosts": [{"hostname": "h1"}], "vms": [{"name": "v", "host": "h9"}]}
+    r = client.post("/_sim/scenario", json={"data": bad_ref}, headers=admin)
+    assert r.status_code == 404 and r.json()["code"] == "host_not_found"
+    # Nothing lost: the failed loads left the cluster as it was.
+    assert [v["name"] for v in client.get(f"{API}/vms", headers=admin).json()["vms"]] == ["only"]
 
 
 def test_control_clock(client: TestClient, admin: dict[str, str]) -> None:

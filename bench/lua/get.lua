@@ -1,0 +1,1 @@
+-- GET the URL given to wrk, with the headers given by -H (the bearer token).
