@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from backends.base import VM_STATUSES, InvalidArgument
+from backends.base import VM_STATUSES, Conflict, InvalidArgument, NotFound
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -135,7 +135,11 @@ def _parse(data: dict[str, Any]) -> Scenario:
     vms: list[VmSpec] = []
     for v in data.get("vms") or []:
         g = v.get("guest") or {}
-        host_id = by_name[str(v["host"])]
+        host_id = by_name.get(str(v["host"]))
+        if host_id is None:
+            # VMs are placed before `generate` runs: only listed hosts can be named.
+            raise NotFound(f"VM {v['name']} names host {v['host']}, which the scenario does "
+                           "not list", code="host_not_found")
         vms.append(
             VmSpec(
                 id=str(v.get("id") or _vm_uuid(rng)),
@@ -198,12 +202,14 @@ def _generate(rng: random.Random, hosts: list[HostSpec], vms: list[VmSpec], n_ho
 
 
 def _check(s: Scenario) -> None:
+    # Rules across several fields: a well-formed document that breaks them is a
+    # conflict (409), not a malformed request.
     ids = [h.id for h in s.hosts]
     if len(set(ids)) != len(ids):
-        raise ValueError("duplicate host id")
+        raise Conflict("two hosts of the scenario have the same id", code="duplicate_id")
     vm_ids = [v.id for v in s.vms]
     if len(set(vm_ids)) != len(vm_ids):
-        raise ValueError("duplicate VM id")
+        raise Conflict("two VMs of the scenario have the same id", code="duplicate_id")
     for h in s.hosts:
         if h.status not in ("connected", "disconnected"):
             raise ValueError(f"host {h.hostname}: bad status {h.status}")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.responses import Response
 
 from backends import scenario as scenarios
-from backends.base import Conflict, NotFound
+from backends.base import NotFound
 from backends.sim import Fault, SimulatedBackend
 from handlers._common import Json, backend, host_json, ok, require_admin
 
@@ -33,7 +31,6 @@ async def load_scenario(body: Json) -> Response:
     sim = _sim()
     data = body.get("data")
     if data is not None:
-        _check_references(data)
         loaded = scenarios.load(data)
     else:
         # Only scenarios/NAME.yaml: a bare name never reaches a file elsewhere.
@@ -44,31 +41,6 @@ async def load_scenario(body: Json) -> Response:
         loaded = scenarios.load(path)
     sim.reset(loaded)
     return ok(sim.summary())
-
-
-def _check_references(data: dict[str, Any]) -> None:
-    """What the schema cannot say about an inline scenario: ids are unique, VMs name known hosts.
-
-    The schema has checked every field; these two rules span several, so they are
-    answered here as 409 (an id already taken) and 404 (no such host) rather than as
-    a malformed request.
-    """
-    hosts = data.get("hosts") or []
-    # A host without an id gets the n-th derived one, and so do generated hosts after them.
-    host_ids = [h.get("id") or scenarios.host_uuid(n) for n, h in enumerate(hosts, start=1)]
-    generated = int((data.get("generate") or {}).get("hosts", 0))
-    host_ids += [scenarios.host_uuid(n) for n in range(len(hosts) + 1, len(hosts) + 1 + generated)]
-    if len(set(host_ids)) != len(host_ids):
-        raise Conflict("two hosts of the scenario have the same id", code="duplicate_id")
-    vm_ids = [v["id"] for v in data.get("vms") or [] if v.get("id")]
-    if len(set(vm_ids)) != len(vm_ids):
-        raise Conflict("two VMs of the scenario have the same id", code="duplicate_id")
-    # VMs are placed before `generate` runs: only listed hosts can be named.
-    known = {h["hostname"] for h in hosts} | set(host_ids[: len(hosts)])
-    for vm in data.get("vms") or []:
-        if vm["host"] not in known:
-            raise NotFound(f"VM {vm['name']} names host {vm['host']}, which the scenario does "
-                           "not list", code="host_not_found")
 
 
 async def disconnect_host(host_id: str) -> Response:

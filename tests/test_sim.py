@@ -442,7 +442,6 @@ def test_generated_scenarios_are_deterministic() -> None:
     "bad",
     [
         {"hosts": [{"hostname": "a", "status": "weird"}]},
-        {"hosts": [{"hostname": "a"}], "vms": [{"name": "v", "host": "nope"}]},
         {"users": [{"username": "u", "password": "p", "role": "root"}]},
         [1, 2, 3],
     ],
@@ -453,3 +452,18 @@ def test_bad_scenarios_are_refused_with_a_reason(bad: Any) -> None:
     with pytest.raises(InvalidArgument) as err:
         scenario.load(bad)
     assert err.value.code == "bad_scenario"
+
+
+@pytest.mark.parametrize(
+    ("doc", "error", "code"),
+    [
+        ({"hosts": [{"hostname": "a"}], "vms": [{"name": "v", "host": "nope"}]},
+         NotFound, "host_not_found"),
+        ({"hosts": [{"hostname": "a", "id": NODE1}, {"hostname": "b", "id": NODE1}]},
+         Conflict, "duplicate_id"),
+    ],
+)
+def test_scenario_cross_references(doc: dict[str, Any], error: type, code: str) -> None:
+    with pytest.raises(error) as err:
+        scenario.load(doc)
+    assert err.value.code == code
