@@ -51,7 +51,11 @@ pytest: install-test
 
 test: system-deps node-deps lint types pytest
 
+# wrk (Debian) and Prism (npm, pinned in bench/package.json) are installed here, not by hand.
 bench: install-test
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk >/dev/null; } \
+	 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
+	cd bench && npm ci --no-audit --no-fund --silent
 	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
