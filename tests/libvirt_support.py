@@ -193,3 +193,42 @@ def login_headers(client: Any) -> dict[str, str]:
     r = client.post("/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def conformance_of_served_libvirt(hosts: list[tuple[str, str]], tmp_path: Path, *,
+                                  vm_pattern: str, max_examples: int,
+                                  sample_seconds: float = 1.0) -> tuple[Any, str]:
+    """Serve the libvirt backend over ``hosts`` (name, URI) from a TOML config, as an
+    operator would, and run ``cockpit-api conformance`` against it with writes allowed
+    on the VMs matching ``vm_pattern``. Returns (the conformance process, the server log)."""
+    import subprocess
+    import sys
+
+    from tests.serving import ROOT, free_port, serve_process
+
+    entries = "".join(f'[[hosts]]\nname = "{name}"\nuri = "{uri}"\n\n' for name, uri in hosts)
+    config = tmp_path / "cockpit.toml"
+    config.write_text(
+        'backend = "libvirt"\n\n[libvirt]\n'
+        f'state_file = "{tmp_path / "hosts.json"}"\nsample_seconds = {sample_seconds}\n\n'
+        f'{entries}[[users]]\nusername = "qa"\npassword_hash = "{hash_password("qa-password")}"\n'
+        'role = "admin"\n', encoding="utf-8")
+    port = free_port()
+    argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--config", str(config),
+            "--port", str(port), "--log-level", "warning"]
+    with serve_process(argv, port) as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cockpit_api.cli", "conformance", "--base-url", server.base,
+             "--username", "qa", "--password", "qa-password", "--max-examples",
+             str(max_examples), "--allow-writes", "--vm-pattern", vm_pattern],
+            cwd=ROOT, capture_output=True, text=True, timeout=900)
+        return proc, server.log()
+
+
+def passed_cases(stdout: str) -> int:
+    """How many cases a conformance run passed; asserts that none failed."""
+    import re
+
+    counts = re.search(r"(\d+) generated, (\d+) passed", stdout)
+    assert counts and counts[1] == counts[2], stdout[-1500:]
+    return int(counts[1])

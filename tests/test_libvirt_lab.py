@@ -480,34 +480,13 @@ def test_conformance_against_the_served_libvirt_backend(lab_env: dict[str, str],
                                                         tmp_path: Path) -> None:
     """`cockpit-api serve --backend libvirt` on the lab, checked by `cockpit-api conformance`
     with writes allowed on two real guests: actions and live migrations on real QEMU."""
-    import re
-    import sys
+    from tests.libvirt_support import conformance_of_served_libvirt, passed_cases
 
-    from cockpit_api.auth import hash_password
-    from tests.serving import ROOT, free_port, serve_process
-
-    config = tmp_path / "cockpit.toml"
-    config.write_text(
-        'backend = "libvirt"\n\n[libvirt]\n'
-        f'state_file = "{tmp_path / "hosts.json"}"\nsample_seconds = 2.0\n\n'
-        f'[[hosts]]\nname = "{NODE1}"\nuri = "{lab_env["LAB_NODE1_URI"]}"\n\n'
-        f'[[hosts]]\nname = "{NODE2}"\nuri = "{lab_env["LAB_NODE2_URI"]}"\n\n'
-        f'[[users]]\nusername = "qa"\npassword_hash = "{hash_password("qa-password")}"\n'
-        'role = "admin"\n', encoding="utf-8")
-    port = free_port()
-    argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--config", str(config),
-            "--port", str(port), "--log-level", "warning"]
     t0 = time.monotonic()
-    with serve_process(argv, port) as server:
-        proc = subprocess.run(
-            [sys.executable, "-m", "cockpit_api.cli", "conformance", "--base-url", server.base,
-             "--username", "qa", "--password", "qa-password", "--max-examples", "5",
-             "--allow-writes", "--vm-pattern", "^lab-vm-0[12]$"],
-            cwd=ROOT, capture_output=True, text=True, timeout=900)
-        log = server.log()
+    proc, log = conformance_of_served_libvirt(
+        [(NODE1, lab_env["LAB_NODE1_URI"]), (NODE2, lab_env["LAB_NODE2_URI"])], tmp_path,
+        vm_pattern="^lab-vm-0[12]$", max_examples=5, sample_seconds=2.0)
     TIMINGS["conformance_on_lab_s"] = round(time.monotonic() - t0, 1)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:] + log[-3000:]
     assert "Traceback" not in log, log[-3000:]
-    counts = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
-    assert counts and counts[1] == counts[2], proc.stdout[-1500:]
-    TIMINGS["conformance_on_lab_cases"] = int(counts[1])
+    TIMINGS["conformance_on_lab_cases"] = passed_cases(proc.stdout)
