@@ -11,10 +11,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from backends.base import (
+    FINAL_MIGRATION_STATUSES,
     Host,
+    Migration,
+    MigrationFilter,
     NotFound,
     Page,
     PageRequest,
@@ -207,3 +210,63 @@ class Inventory:
         else:
             keys = self._vm_keys
         return paginate(keys.after(after), page, lambda k: self.vms[self._vm_by_key[k]], keep)
+
+
+class _JobLike(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+
+J = TypeVar("J", bound=_JobLike)
+
+
+class JobTable(Generic[J]):
+    """Migration jobs by id, listed oldest first; finished ones are forgotten past a bound."""
+
+    def __init__(self, retention: int = 10_000) -> None:
+        self.retention = retention
+        self._jobs: dict[str, J] = {}
+        self._keys = SortedKeys()
+        self._by_key: dict[str, str] = {}
+
+    def add(self, job: J, seq: int) -> None:
+        key = f"{seq:012d}"
+        self._jobs[job.id] = job
+        self._keys.add(key)
+        self._by_key[key] = job.id
+        self._trim()
+
+    def get(self, job_id: str) -> J:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no migration with id {job_id}", code="migration_not_found")
+        return job
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def values(self) -> list[J]:
+        return list(self._jobs.values())
+
+    def page(self, page: PageRequest, flt: MigrationFilter,
+             snapshot: Callable[[J], Migration]) -> Page[Migration]:
+        def keep(m: Migration) -> bool:
+            return (flt.vm_id is None or m.vm_id == flt.vm_id) and (
+                flt.status is None or m.status == flt.status)
+
+        return paginate(self._keys.after(page.after()), page,
+                        lambda k: snapshot(self._jobs[self._by_key[k]]), keep)
+
+    def _trim(self) -> None:
+        if len(self._jobs) <= self.retention:
+            return
+        for key in list(self._keys.after(None)):
+            job = self._jobs[self._by_key[key]]
+            if job.status in FINAL_MIGRATION_STATUSES:
+                del self._jobs[job.id], self._by_key[key]
+                self._keys.discard(key)
+                if len(self._jobs) <= self.retention:
+                    return

@@ -113,7 +113,7 @@ from backends.base import (
     VmFilter,
     VmStatus,
 )
-from backends.inventory import Inventory, SortedKeys, paginate
+from backends.inventory import Inventory, JobTable
 
 if TYPE_CHECKING:
     from cockpit_api.config import Settings
@@ -442,10 +442,8 @@ class LibvirtBackend:
         for h in self._order:
             self._inv.put_host(Host(h.id, h.name, "disconnected", int(t), 0, 0, 0))
         self._metrics = MetricsStore(retention_seconds)
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: JobTable[_Job] = JobTable(_MIGRATION_RETENTION)
         self._jobs_by_vm: dict[str, _Job] = {}
-        self._job_keys = SortedKeys()
-        self._job_by_key: dict[str, str] = {}
         self._seq = itertools.count(1)
         self._gens = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -552,12 +550,7 @@ class LibvirtBackend:
         return self._inv.get_vm(vm_id)
 
     async def list_migrations(self, page: PageRequest, flt: MigrationFilter) -> Page[Migration]:
-        def keep(m: Migration) -> bool:
-            return (flt.vm_id is None or m.vm_id == flt.vm_id) and (
-                flt.status is None or m.status == flt.status)
-
-        return paginate(self._job_keys.after(page.after()), page,
-                        lambda k: self._jobs[self._job_by_key[k]].snapshot(), keep)
+        return self._jobs.page(page, flt, lambda job: job.snapshot())
 
     async def get_migration(self, migration_id: str) -> Migration:
         return self._job(migration_id).snapshot()
@@ -622,12 +615,8 @@ class LibvirtBackend:
             job_id = secrets.token_hex(6)
         seq = next(self._seq)
         job = _Job(job_id, seq, vm.id, src.id, request, self.now())
-        key = f"{seq:012d}"
-        self._jobs[job.id] = job
+        self._jobs.add(job, seq)
         self._jobs_by_vm[vm.id] = job
-        self._job_keys.add(key)
-        self._job_by_key[key] = job.id
-        self._trim_jobs()
         self._recompute(vm.id)
         self._spawn(self._run_migration(job))
         return job.snapshot()
@@ -996,21 +985,7 @@ class LibvirtBackend:
     # ------------------------------------------------------------ migrations
 
     def _job(self, migration_id: str) -> _Job:
-        job = self._jobs.get(migration_id)
-        if job is None:
-            raise NotFound(f"no migration with id {migration_id}", code="migration_not_found")
-        return job
-
-    def _trim_jobs(self) -> None:
-        if len(self._jobs) <= _MIGRATION_RETENTION:
-            return
-        for key in list(self._job_keys.after(None)):
-            job = self._jobs[self._job_by_key[key]]
-            if job.status in FINAL_MIGRATION_STATUSES:
-                del self._jobs[job.id], self._job_by_key[key]
-                self._job_keys.discard(key)
-                if len(self._jobs) <= _MIGRATION_RETENTION:
-                    return
+        return self._jobs.get(migration_id)
 
     def _migration_call(self, job: _Job, dest: _Host) -> Callable[[], None]:
         r = job.request

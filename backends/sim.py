@@ -47,7 +47,7 @@ from backends.base import (
     VmFilter,
     VmStatus,
 )
-from backends.inventory import Inventory, SortedKeys, paginate
+from backends.inventory import Inventory, JobTable
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -167,9 +167,7 @@ class _State:
     guests: dict[str, _Guest]
     host_history: dict[str, list[tuple[float, str]]]
     host_members: dict[str, set[str]]
-    jobs: dict[str, _Job]
-    job_keys: SortedKeys
-    job_by_key: dict[str, str]
+    jobs: JobTable[_Job]
     events: list[tuple[float, int, Callable[[float], None]]]
     rng: random.Random
     seq: itertools.count
@@ -228,7 +226,7 @@ class SimulatedBackend:
             s.inv.set_host_status(host_id, status, t)
             s.host_history[host_id].append((t, status))
             if status == "disconnected":
-                for job in list(s.jobs.values()):
+                for job in s.jobs.values():
                     if job.status in FINAL_MIGRATION_STATUSES:
                         continue
                     if host_id == job.source_host_id:
@@ -289,14 +287,8 @@ class SimulatedBackend:
 
     async def list_migrations(self, page: PageRequest, flt: MigrationFilter) -> Page[Migration]:
         self._settle()
-        s, t = self._s, self.now()
-
-        def keep(m: Migration) -> bool:
-            return (flt.vm_id is None or m.vm_id == flt.vm_id) and (
-                flt.status is None or m.status == flt.status)
-
-        return paginate(s.job_keys.after(page.after()), page,
-                        lambda k: s.jobs[s.job_by_key[k]].snapshot(t), keep)
+        t = self.now()
+        return self._s.jobs.page(page, flt, lambda job: job.snapshot(t))
 
     async def get_migration(self, migration_id: str) -> Migration:
         self._settle()
@@ -394,11 +386,7 @@ class SimulatedBackend:
         if fault is not None:
             job.fail_fraction = min(max(fault.at_percent, 0.0), 99.0) / 100.0
             job.fail_message = fault.message
-        key = f"{seq:012d}"
-        s.jobs[job.id] = job
-        s.job_keys.add(key)
-        s.job_by_key[key] = job.id
-        self._trim_jobs()
+        s.jobs.add(job, seq)
         # A non-live migration pauses the guest while its memory is copied.
         status: VmStatus = "paused" if not request.live else vm.status
         self._put_vm(replace(vm, migration_id=job.id, status=status), t)
@@ -477,7 +465,7 @@ class SimulatedBackend:
             guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
             members[v.host_id].add(v.id)
         inv.bulk_index()
-        return _State(inv, guests, host_history, members, {}, SortedKeys(), {}, [],
+        return _State(inv, guests, host_history, members, JobTable(_MIGRATION_RETENTION), [],
                       random.Random(sc.seed), itertools.count(1))
 
     def _settle(self) -> None:
@@ -492,10 +480,7 @@ class SimulatedBackend:
         heapq.heappush(self._s.events, (due, next(self._s.seq), fn))
 
     def _job(self, migration_id: str) -> _Job:
-        job = self._s.jobs.get(migration_id)
-        if job is None:
-            raise NotFound(f"no migration with id {migration_id}", code="migration_not_found")
-        return job
+        return self._s.jobs.get(migration_id)
 
     def _require_host(self, host_id: str) -> None:
         host = self._s.inv.hosts[host_id]
@@ -593,18 +578,6 @@ class SimulatedBackend:
                         status=job.prior_status, persistent=r.persistent,
                         also_defined_on=tuple(sorted(set(also))))
         self._put_vm(moved, t)
-
-    def _trim_jobs(self) -> None:
-        s = self._s
-        if len(s.jobs) <= _MIGRATION_RETENTION:
-            return
-        for key in list(s.job_keys.after(None)):
-            job = s.jobs[s.job_by_key[key]]
-            if job.status in FINAL_MIGRATION_STATUSES:
-                del s.jobs[job.id], s.job_by_key[key]
-                s.job_keys.discard(key)
-                if len(s.jobs) <= _MIGRATION_RETENTION:
-                    return
 
     def _host_connected_at(self, host_id: str, t: float) -> bool:
         return _at_time(self._s.host_history.get(host_id, []), t, ("connected",))[0] == "connected"

@@ -389,7 +389,7 @@ def test_a_migration_the_test_driver_cannot_do_fails_as_a_job(lv: Harness) -> No
         with pytest.raises(Conflict) as err:
             await lv.b.vm_action(vm.id, "stop", True)
         assert err.value.code == "vm_migrating"
-        await eventually(lambda: lv.b._jobs[job.id].status == "failed")
+        await eventually(lambda: lv.b._jobs.get(job.id).status == "failed")
         done = await lv.b.get_migration(job.id)
         assert done.error and "not supported" in done.error
         assert done.finished_at is not None and done.finished_at >= done.created_at
