@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
@@ -84,8 +85,8 @@ def build_command(args: argparse.Namespace, api: str, workdir: Path) -> list[str
             cmd += ["--exclude-operation-id", op]
         # unsupported_method would send undeclared methods (PUT, DELETE...) to real paths.
         cmd += ["--exclude-checks", "unsupported_method"]
-    if args.junit:
-        cmd += ["--report", "junit", "--report-junit-path", str(args.junit)]
+    # Always a JUnit report: the per-operation summary reads its failures.
+    cmd += ["--report", "junit", "--report-junit-path", str(args.junit or workdir / "junit.xml")]
     if args.max_time:
         cmd += ["--max-time", str(args.max_time)]
     return cmd
@@ -117,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
               "actions and migrations on named VMs)")
     env = dict(os.environ)
     env["SCHEMATHESIS_HOOKS"] = "cockpit_api.conformance_hooks"
+    calls_file = Path(tempfile.mkstemp(prefix="cockpit-conformance-calls-")[1])
+    env["COCKPIT_CONFORMANCE_CALLS"] = str(calls_file)
     env["COCKPIT_CONFORMANCE"] = json.dumps({
         "api": api, "username": args.username, "password": args.password,
         "allow_writes": bool(args.allow_writes), "vms": vms,
@@ -125,12 +128,40 @@ def run(args: argparse.Namespace) -> int:
         cmd = build_command(args, api, Path(tmp))
         print("conformance: " + " ".join(c for c in cmd if c != args.password), flush=True)
         proc = subprocess.run(cmd, env=env, cwd=tmp)
+        print(summary(calls_file, args.junit or Path(tmp) / "junit.xml"))
+    calls_file.unlink(missing_ok=True)
     if proc.returncode == 0:
         print("conformance: no failures")
     else:
         print(f"conformance: FAILED (schemathesis exit {proc.returncode}); see the failures "
               "above, each with a curl line that reproduces it")
     return 0 if proc.returncode == 0 else 1
+
+
+def summary(calls_file: Path, junit: Path) -> str:
+    """A table per operation: calls by status class, failures, and a curl line for the first."""
+    try:
+        calls: dict[str, dict[str, int]] = json.loads(calls_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        calls = {}
+    failures: dict[str, list[str]] = {}
+    try:
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            for bad in [*case.iter("failure"), *case.iter("error")]:
+                text = (bad.get("message") or "") + "\n" + (bad.text or "")
+                failures.setdefault(case.get("name", "?"), []).append(text)
+    except (OSError, ET.ParseError):
+        pass
+    rows = [f"{'operation':<42} {'calls':>7} {'2xx':>6} {'4xx':>6} {'5xx':>5} {'failures':>8}"]
+    for op in sorted(set(calls) | set(failures)):
+        c = calls.get(op, {})
+        rows.append(f"{op:<42} {sum(c.values()):>7} {c.get('2xx', 0):>6} {c.get('4xx', 0):>6} "
+                    f"{c.get('5xx', 0):>5} {len(failures.get(op, [])):>8}")
+        for text in failures.get(op, [])[:1]:
+            curl = next((line.strip() for line in text.splitlines() if "curl " in line), None)
+            if curl:
+                rows.append(f"    reproduce: {curl[curl.index('curl '):]}")
+    return "\nconformance: per operation\n" + "\n".join(rows)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,11 +15,13 @@ Settings come from the COCKPIT_CONFORMANCE environment variable (JSON), set by
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import os
 import threading
 import time
+from collections import Counter, defaultdict
 from typing import Any
 
 import httpx
@@ -137,9 +139,22 @@ def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
     case.path_parameters = params
 
 
+# Calls per operation and status class, for the per-operation summary.
+_CALLS: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+
+@atexit.register
+def _dump_calls() -> None:
+    target = os.environ.get("COCKPIT_CONFORMANCE_CALLS")
+    if target:
+        with open(target, "w", encoding="utf-8") as f:
+            json.dump(_CALLS, f)
+
+
 @schemathesis.hook
 def after_call(ctx: Any, case: Any, response: Any) -> None:
     op = getattr(case.operation.definition, "raw", {}).get("operationId")
+    _CALLS[case.operation.label][f"{response.status_code // 100}xx"] += 1
     if op == "migrate_vm" and response.status_code == 202:
         with _started_lock:
             _started.append(response.json()["migration_id"])

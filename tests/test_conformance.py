@@ -69,8 +69,15 @@ def test_a_broken_server_fails_and_the_operation_is_named() -> None:
     with serve_process([sys.executable, "-m", "tests.broken_server", str(port)], port) as server:
         proc = _conformance(server.base, "--phases", "examples,fuzzing")
     assert proc.returncode == 1, proc.stdout[-3000:]
-    assert "GET /vms/{id}" in proc.stdout
     assert "FAILED" in proc.stdout
+    # The per-operation summary names the operation, counts its failure, shows a curl line.
+    summary = proc.stdout[proc.stdout.index("conformance: per operation"):]
+    row = next(line for line in summary.splitlines() if line.startswith("GET /vms/{id} "))
+    assert int(row.split()[-1]) >= 1
+    assert "reproduce: curl -X GET" in summary and "/api/v1/vms/" in summary
+    others = [line for line in summary.splitlines()[2:]
+              if line.startswith(("GET", "POST")) and not line.startswith("GET /vms/{id} ")]
+    assert others and all(line.split()[-1] == "0" for line in others)
 
 
 @pytest.mark.parametrize("base", ["http://127.0.0.1:9"])
