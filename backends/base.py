@@ -171,6 +171,17 @@ class Migration:
     finished_at: float | None = None
     error: str | None = None
 
+    @classmethod
+    def of(cls, *, id: str, vm_id: str, source_host_id: str,  # noqa: A002
+           request: MigrationRequest, status: MigrationStatus, progress: MigrationProgress,
+           created_at: float, started_at: float | None, finished_at: float | None,
+           error: str | None) -> Migration:
+        """A job's record, with the flags it was asked for taken from its request."""
+        r = request
+        return cls(id, vm_id, source_host_id, r.destination_host_id, r.live, r.persistent,
+                   r.undefine_source, r.copy_storage, status, progress, created_at,
+                   started_at, finished_at, error)
+
 
 @dataclass(frozen=True, slots=True)
 class MetricPoint:

@@ -124,7 +124,6 @@ T = TypeVar("T")
 
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
-_MIGRATION_RETENTION = 10_000
 _ACTIONS = frozenset({"start", "stop", "restart", "suspend", "resume"})
 
 _STATUS: dict[int, VmStatus] = {
@@ -244,11 +243,9 @@ class _Job:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def snapshot(self) -> Migration:
-        r = self.request
-        return Migration(
+        return Migration.of(
             id=self.id, vm_id=self.vm_id, source_host_id=self.source_host_id,
-            destination_host_id=r.destination_host_id, live=r.live, persistent=r.persistent,
-            undefine_source=r.undefine_source, copy_storage=r.copy_storage, status=self.status,
+            request=self.request, status=self.status,
             progress=MigrationProgress(self.total, self.processed, self.remaining, self.percent),
             created_at=self.created_at, started_at=self.started_at,
             finished_at=self.finished_at, error=self.error,
@@ -442,7 +439,7 @@ class LibvirtBackend:
         for h in self._order:
             self._inv.put_host(Host(h.id, h.name, "disconnected", int(t), 0, 0, 0))
         self._metrics = MetricsStore(retention_seconds)
-        self._jobs: JobTable[_Job] = JobTable(_MIGRATION_RETENTION)
+        self._jobs: JobTable[_Job] = JobTable()
         self._jobs_by_vm: dict[str, _Job] = {}
         self._seq = itertools.count(1)
         self._gens = itertools.count(1)

@@ -53,7 +53,6 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 _MASK64 = (1 << 64) - 1
 _HISTORY_LIMIT = 2000
-_MIGRATION_RETENTION = 10_000
 
 
 class VirtualClock:
@@ -138,11 +137,9 @@ class _Job:
     def snapshot(self, t: float) -> Migration:
         done = self.processed(t)
         total = self.total_bytes
-        r = self.request
-        return Migration(
+        return Migration.of(
             id=self.id, vm_id=self.vm_id, source_host_id=self.source_host_id,
-            destination_host_id=r.destination_host_id, live=r.live, persistent=r.persistent,
-            undefine_source=r.undefine_source, copy_storage=r.copy_storage, status=self.status,
+            request=self.request, status=self.status,
             progress=MigrationProgress(total, done, total - done,
                                        round(100.0 * done / total, 1) if total else 100.0),
             created_at=self.created_at, started_at=self.started_at,
@@ -465,7 +462,7 @@ class SimulatedBackend:
             guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
             members[v.host_id].add(v.id)
         inv.bulk_index()
-        return _State(inv, guests, host_history, members, JobTable(_MIGRATION_RETENTION), [],
+        return _State(inv, guests, host_history, members, JobTable(), [],
                       random.Random(sc.seed), itertools.count(1))
 
     def _settle(self) -> None:
