@@ -82,6 +82,7 @@ def make_backend(tmp_path: Path, **overrides: Any) -> LibvirtBackend:
         "reconnect_min_seconds": 0.05,
         "reconnect_max_seconds": 0.2,
         "progress_seconds": 0.05,
+        "start_wait_seconds": 10,  # the test-driver hosts connect in milliseconds
     }
     kwargs.update(overrides)
     return LibvirtBackend(host_configs(tmp_path), **kwargs)
@@ -142,7 +143,7 @@ async def take_away(backend: LibvirtBackend, tmp_path: Path, name: str = REMOVAB
     """Play a lost host: its file goes (reconnects fail) and its connection 'closes'."""
     (tmp_path / node_file(name).name).unlink()
     h = backend._hosts[backend.host_id(name)]
-    backend._lost(h, "taken away by the test")
+    backend.hosts.lose(h, "taken away by the test")
 
 
 def bring_back(tmp_path: Path, name: str = REMOVABLE) -> None:

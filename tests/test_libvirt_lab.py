@@ -156,7 +156,8 @@ def api(lab_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     settings = libvirt_settings(hosts, tmp / "hosts.json", sample_seconds=0.5,
                                 resync_seconds=5, migration_bandwidth_mib=20)
     backend = LibvirtBackend.from_settings(settings, reconnect_min_seconds=0.2,
-                                           reconnect_max_seconds=1.0, progress_seconds=0.2)
+                                           reconnect_max_seconds=1.0, progress_seconds=0.2,
+                                           start_wait_seconds=30)
     with TestClient(libvirt_app(settings, backend)) as client:
         yield Lab(client, login_headers(client), backend, lab_env)
 
@@ -281,9 +282,14 @@ def test_a_live_migration_with_the_reference_payload(api: Lab) -> None:
             assert dom.UUIDString() == vm["id"]
         finally:
             conn.close()
-        # Back with virsh, behind the API's back: events bring the inventory along.
+        # Back with virsh, behind the API's back: events bring the inventory along, and the
+        # migration libvirt ran is shown as a job (adopted), completed.
         virsh_times.append(_migrate_with_virsh(api, name, api.uri2, api.uri1))
-        poll(lambda: api.vm(name)["host_id"] == n1, timeout=10, interval=0.05)
+        poll(lambda: (v := api.vm(name))["host_id"] == n1 and v["migration_id"] is None,
+             timeout=10, interval=0.05)
+        seen = [m for m in api.get(f"/migrations?vm_id={vm['id']}&limit=100")["migrations"]
+                if m["source_host_id"] == n2]
+        assert seen and seen[-1]["status"] == "completed", seen
     # The first migration after `up` is cold (the destination's first incoming QEMU): the API
     # does it, virsh never does. Compare the warm ones.
     TIMINGS["api_migration_s"] = [round(t, 3) for t in api_times]
@@ -321,7 +327,8 @@ def _start_busy_guest(api: Lab) -> dict[str, Any]:
     vm = api.ensure("lab-vm-busy", "running")
     assert vm["host_id"] == api.host_id(NODE1)
     # Its kernel is dirtying memory once the vCPU burns (SeaBIOS hands over in ~1-2 s).
-    poll(lambda: any(p["cpu_percent"] > 50 for p in api.get(
+    # (>15 %, not ~100 %: the machine's two cores are shared, TCG gets what is left.)
+    poll(lambda: any(p["cpu_percent"] > 15 for p in api.get(
         f"/vms/{vm['id']}/metrics?start={int(api.backend.now()) - 5}&step=1")["points"]),
         timeout=20)
     return vm

@@ -25,9 +25,6 @@ libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from backends._libvirt_errors import translate  # noqa: E402
-from backends._libvirt_hostids import uuid7  # noqa: E402
-from backends._libvirt_metrics import HostSample, MetricsStore  # noqa: E402
 from backends.base import (  # noqa: E402
     Backend,
     BackendError,
@@ -43,6 +40,9 @@ from backends.base import (  # noqa: E402
     VmFilter,
 )
 from backends.libvirt import LibvirtBackend, status_of  # noqa: E402
+from backends.libvirt.errors import translate  # noqa: E402
+from backends.libvirt.hostids import uuid7  # noqa: E402
+from backends.libvirt.metrics import HostSample, MetricsStore  # noqa: E402
 from cockpit_api.config import ConfigError, HostConfig  # noqa: E402
 from tests.libvirt_support import (  # noqa: E402
     HOST_IDS,
@@ -233,10 +233,13 @@ def test_every_action_bumps_its_hosts_sync_cursor(lv: Harness) -> None:
 
 def test_changes_made_outside_the_api_arrive_as_events(lv: Harness) -> None:
     vm = lv.vm("report-01")
-    conn = lv.b._hosts[B].conn
+    link = lv.b._hosts[B].link
+    assert link is not None
 
     async def behind_our_back() -> None:
-        await asyncio.to_thread(lambda: conn.lookupByUUIDString(vm.id).create())
+        # The test driver's state is private to its connection: act on the backend's own,
+        # on its owner thread, as another client of the host would.
+        await link.call(lambda conn: conn.lookupByUUIDString(vm.id).create(), "behind")
         await eventually(lambda: lv.b._inv.vms[vm.id].status == "running")
 
     lv.run(behind_our_back())
@@ -298,7 +301,7 @@ def test_the_translator_passes_domain_errors_through_and_wraps_the_rest() -> Non
 def test_a_hung_call_is_unavailable_not_a_hang(lv: Harness) -> None:
     h = lv.b._hosts[A]
     with pytest.raises(Unavailable) as err:
-        lv.run(lv.b._run(h, h.conn, lambda _c: time.sleep(0.5), "sleep", timeout=0.05))
+        lv.run(lv.b.hosts.run(h, lambda _c: time.sleep(0.5), "sleep", timeout=0.05))
     assert err.value.code == "host_busy"
 
 
@@ -389,7 +392,7 @@ def test_a_migration_the_test_driver_cannot_do_fails_as_a_job(lv: Harness) -> No
         with pytest.raises(Conflict) as err:
             await lv.b.vm_action(vm.id, "stop", True)
         assert err.value.code == "vm_migrating"
-        await eventually(lambda: lv.b._jobs.get(job.id).status == "failed")
+        await eventually(lambda: lv.b.migrations.get(job.id).status == "failed")
         done = await lv.b.get_migration(job.id)
         assert done.error and "not supported" in done.error
         assert done.finished_at is not None and done.finished_at >= done.created_at
@@ -544,7 +547,7 @@ def test_close_stops_every_task_and_connection(tmp_path: Path) -> None:
         await backend.close()
         await backend.close()
         assert not backend._tasks
-        assert all(h.conn is None for h in backend._hosts.values())
+        assert all(h.link is None for h in backend._hosts.values())
         with pytest.raises(Unavailable):
             await backend.vm_action(next(iter(backend._inv.vms)), "start", False)
 
@@ -557,10 +560,13 @@ def test_an_unreachable_host_does_not_stop_the_start(tmp_path: Path) -> None:
                              reconnect_min_seconds=60)
 
     async def scenario() -> None:
+        t0 = time.monotonic()
         await backend.start()
+        assert time.monotonic() - t0 < 0.5  # serves at once: hosts connect in the background
         try:
+            await eventually(
+                lambda: backend._inv.hosts[backend.host_id("node-a")].status == "connected")
             assert backend._inv.hosts[backend.host_id("nowhere")].status == "disconnected"
-            assert backend._inv.hosts[backend.host_id("node-a")].status == "connected"
         finally:
             await backend.close()
 

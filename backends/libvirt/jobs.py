@@ -1,0 +1,401 @@
+"""Migration jobs: started here, or found running in libvirt, each ending in a true state.
+
+A migration this server starts is ``migrateToURI3`` peer-to-peer on the
+source, over a connection of its own (a :class:`~backends.libvirt.link.Link`
+used for that one call, so the host's link stays free for progress, cancel and
+reads). Progress comes from ``jobStats()`` polled through the source's link
+(the last non-zero numbers are kept: the first ~200 ms report zeros and the last
+moments fail), final numbers from the JOB_COMPLETED event; a cancel is
+``abortJob()`` on the source.
+
+A migration found running with no job (started by someone else, or by this
+server before it restarted: libvirt keeps a peer-to-peer migration going when
+its client dies) is seen as an incoming copy on a destination; it becomes an
+*adopted* job, which is reconciled with libvirt rather than remembered: each
+poll asks the source for its job (``jobStats``: still migrating out, with
+progress) and otherwise looks where the domain is active (the destination's
+own, resumed copy: completed; only the source: failed, or cancelled if a cancel
+was asked). It can be cancelled like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+from backends.base import (
+    ACTIVE_STATUSES,
+    FINAL_MIGRATION_STATUSES,
+    BackendError,
+    Conflict,
+    Migration,
+    MigrationProgress,
+    MigrationRequest,
+    MigrationStatus,
+    NotFound,
+    Unavailable,
+)
+from backends.inventory import JobTable
+from backends.libvirt import calls
+from backends.libvirt.errors import ABORTED, HOST_DISCONNECTED, translate
+from backends.libvirt.hosts import Hosts, HostState
+from backends.libvirt.link import Link
+
+log = logging.getLogger("cockpit_api.libvirt")
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    seq: int
+    vm_id: str
+    source_host_id: str
+    request: MigrationRequest
+    created_at: float
+    status: MigrationStatus = "initiated"
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    total: int = 0
+    processed: int = 0
+    remaining: int = 0
+    percent: float = 0.0
+    adopted: bool = False  # found running in libvirt, not started by this process
+    cancel_requested: bool = False
+    dest_lost: bool = False
+    final_stats: dict[str, Any] | None = None
+    completed_event: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # look at libvirt now
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def snapshot(self) -> Migration:
+        return Migration.of(
+            id=self.id, vm_id=self.vm_id, source_host_id=self.source_host_id,
+            request=self.request, status=self.status,
+            progress=MigrationProgress(self.total, self.processed, self.remaining, self.percent),
+            created_at=self.created_at, started_at=self.started_at,
+            finished_at=self.finished_at, error=self.error,
+        )
+
+    def take_progress(self, stats: dict[str, Any], final: bool = False) -> None:
+        """Keep jobStats' numbers unless they are the setup phase's zeros."""
+        total = int(stats.get("data_total") or stats.get("memory_total") or 0)
+        if total <= 0:
+            return
+        processed = int(stats.get("data_processed") or stats.get("memory_processed") or 0)
+        remaining = 0 if final else int(stats.get("data_remaining")
+                                        or stats.get("memory_remaining") or 0)
+        self.total, self.processed, self.remaining = total, processed, remaining
+        done = 100.0 * (total - min(remaining, total)) / total
+        # 100 % means completed; a job still running reads at most 99.9.
+        self.percent = 100.0 if final else round(min(done, 99.9), 1)
+
+
+def migration_flags(r: MigrationRequest) -> int:
+    flags = libvirt.VIR_MIGRATE_PEER2PEER
+    if r.live:
+        flags |= libvirt.VIR_MIGRATE_LIVE
+    if r.persistent:
+        flags |= libvirt.VIR_MIGRATE_PERSIST_DEST
+    if r.undefine_source:
+        flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    if r.copy_storage == "all":
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    elif r.copy_storage == "inc":
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+    return flags
+
+
+class Migrations:
+    """The job table, the runs of the jobs started here and the watch over adopted ones."""
+
+    def __init__(self, hosts: Hosts, jobs_by_vm: dict[str, Job]) -> None:
+        self.hosts = hosts
+        self.tuning = hosts.tuning
+        self.jobs: JobTable[Job] = JobTable()
+        self.by_vm = jobs_by_vm
+        self.bandwidth_mib = 0
+        self._seq = itertools.count(1)
+        hosts.on_lost = self._host_lost
+        hosts.on_job_event = self._job_event
+        hosts.on_unrecorded = self._adopt
+        hosts.on_domain_event = self._domain_event
+
+    def get(self, migration_id: str) -> Job:
+        return self.jobs.get(migration_id)
+
+    def migrating_on(self, h: HostState) -> frozenset[str]:
+        return frozenset(job.vm_id for job in self.by_vm.values()
+                         if h.id in (job.source_host_id, job.request.destination_host_id))
+
+    def _new(self, vm_id: str, source: HostState, request: MigrationRequest,
+             adopted: bool = False) -> Job:
+        job_id = secrets.token_hex(6)
+        while job_id in self.jobs:
+            job_id = secrets.token_hex(6)
+        seq = next(self._seq)
+        job = Job(job_id, seq, vm_id, source.id, request, time.time(), adopted=adopted)
+        self.jobs.add(job, seq)
+        self.by_vm[vm_id] = job
+        return job
+
+    # ------------------------------------------------------------ starting
+
+    async def start(self, vm_id: str, request: MigrationRequest) -> Migration:
+        hosts, inv = self.hosts, self.hosts.inv
+        vm = inv.get_vm(vm_id)
+        dest = hosts.by_id.get(request.destination_host_id)
+        if dest is None:
+            raise NotFound(f"no host with id {request.destination_host_id}",
+                           code="host_not_found")
+        src = hosts.by_id[vm.host_id]
+        hosts.require_connected(src)
+        if vm.migration_id is not None:
+            raise Conflict(f"VM {vm.name} is already migrating ({vm.migration_id})",
+                           code="vm_migrating")
+        if dest is src:
+            raise Conflict("Attempt to migrate guest to the same host", code="same_host")
+        if not hosts.connected(dest):
+            raise Conflict(f"destination host {dest.name} is disconnected",
+                           code="host_disconnected")
+        # Decide on libvirt's state now, not on the last event.
+        await hosts.refresh(src, vm_id)
+        await self.reconcile_now(vm_id)
+        vm = inv.get_vm(vm_id)
+        if vm.migration_id is not None:
+            raise Conflict(f"VM {vm.name} is already migrating ({vm.migration_id})",
+                           code="vm_migrating")
+        if vm.host_id == dest.id:
+            raise Conflict("Attempt to migrate guest to the same host", code="same_host")
+        src = hosts.by_id[vm.host_id]
+        hosts.require_connected(src)
+        if vm.status not in ACTIVE_STATUSES:
+            raise Conflict("domain is not running", code="vm_not_running")
+        if vm.status == "pmsuspended":
+            raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
+        job = self._new(vm.id, src, request)
+        hosts.recompute(vm.id)
+        hosts.spawn(self._run(job))
+        return job.snapshot()
+
+    async def _run(self, job: Job) -> None:
+        src = self.hosts.by_id[job.source_host_id]
+        dest = self.hosts.by_id[job.request.destination_host_id]
+        status: MigrationStatus = "completed"
+        error: str | None = None
+        try:
+            if job.cancel_requested:
+                raise Conflict("migration job was cancelled by the client", code=ABORTED)
+            self.hosts.require_connected(src)
+            # Its own connection: the host's link stays free for progress, cancel and reads.
+            link = Link(f"{src.name}-migrate", src.uri, asyncio.get_running_loop(),
+                        queue_limit=1, keepalive=self.tuning.keepalive)
+            try:
+                async with asyncio.timeout(self.tuning.connect_timeout):
+                    await asyncio.shield(link.opened)
+                if job.cancel_requested:
+                    raise Conflict("migration job was cancelled by the client", code=ABORTED)
+                params: dict[str, Any] = {}
+                if self.bandwidth_mib > 0:
+                    params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.bandwidth_mib
+                call = link.call(functools.partial(
+                    calls.migrate, uuid=job.vm_id, dest_uri=dest.migration_uri, params=params,
+                    flags=migration_flags(job.request)), "migrate")
+                job.status, job.started_at = "running", time.time()
+                poller = self.hosts.spawn(self._poll_progress(job, src))
+                try:
+                    await call
+                finally:
+                    poller.cancel()
+            except TimeoutError:
+                raise Unavailable(f"host {src.name} did not answer a new connection within "
+                                  f"{self.tuning.connect_timeout:g} s",
+                                  code=HOST_DISCONNECTED) from None
+            finally:
+                link.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure becomes the job's outcome, never an escape
+            err = translate(exc)
+            if err.code == ABORTED or job.cancel_requested:
+                status, error = "cancelled", err.detail
+            else:
+                status, error = "failed", err.detail
+                if job.dest_lost:
+                    error = f"lost connection to the destination host during migration: {error}"
+        if status == "completed":
+            await _wait(job.completed_event, 1.0)  # final numbers come with the event
+        await self._finish(job, status, error)
+
+    async def _finish(self, job: Job, status: MigrationStatus, error: str | None) -> None:
+        if status == "completed":
+            job.take_progress(job.final_stats or {}, final=True)
+            job.remaining, job.percent = 0, 100.0
+        src = self.hosts.by_id[job.source_host_id]
+        dest = self.hosts.by_id[job.request.destination_host_id]
+        # The VM is where libvirt says it is: read both hosts before answering the outcome.
+        await asyncio.gather(*(self.hosts.resync(h) for h in (src, dest) if h.link is not None),
+                             return_exceptions=True)
+        job.status, job.error, job.finished_at = status, error, time.time()
+        if self.by_vm.get(job.vm_id) is job:
+            del self.by_vm[job.vm_id]
+        self.hosts.recompute(job.vm_id)
+        job.done.set()
+        log.info("migration %s of %s: %s%s", job.id, job.vm_id, status,
+                 f" ({error})" if error else "")
+
+    async def _poll_progress(self, job: Job, src: HostState) -> None:
+        while True:
+            await asyncio.sleep(self.tuning.progress_seconds)
+            try:
+                stats = await self.hosts.run(
+                    src, functools.partial(calls.job_stats, uuid=job.vm_id), "job stats",
+                    timeout=max(5.0, self.tuning.progress_seconds))
+            except BackendError:
+                continue  # the job's last moments (55, then 42): keep the last good numbers
+            if stats:
+                job.take_progress(stats)
+
+    # ------------------------------------------------------------ adopted jobs
+
+    def _adopt(self, uuid: str) -> None:
+        """An incoming copy with no job: show the migration libvirt is running as a job."""
+        if uuid in self.by_vm or self.hosts.closed:
+            return
+        # Only what connected hosts say now: a lost host's snapshot is from before it went.
+        up = [h for h in self.hosts.order if self.hosts.connected(h)]
+        dests = [h for h in up if (d := h.domains.get(uuid)) is not None and d.migration == "in"]
+        sources = [h for h in up
+                   if (d := h.domains.get(uuid)) is not None and d.active and d.migration != "in"]
+        if not dests or not sources:
+            return  # the source is not one of ours: nothing to show it under
+        src, dest = sources[0], dests[0]
+        job = self._new(uuid, src, MigrationRequest(dest.id), adopted=True)
+        job.status, job.started_at = "running", job.created_at
+        log.warning("migration of %s from %s to %s is running with no job here: adopted as %s",
+                    uuid, src.name, dest.name, job.id)
+        self.hosts.spawn(self._watch(job))
+
+    async def reconcile_now(self, vm_id: str) -> None:
+        """If the VM's job is adopted and libvirt says it completed, end it now."""
+        job = self.by_vm.get(vm_id)
+        if job is not None and job.adopted and await self._verdict(job) == "completed":
+            await self._finish(job, "completed", None)
+
+    async def _watch(self, job: Job) -> None:
+        """Reconcile an adopted job with libvirt until it ends.
+
+        It looks every ``progress_seconds`` and at each event of the domain. Completed is
+        final at once (the destination runs its own copy); failed or cancelled must be seen
+        twice, a poll apart (the source's job can end a moment before the destination's
+        copy is resumed).
+        """
+        verdicts: list[MigrationStatus | None] = []
+        while True:
+            await _wait(job.wake, self.tuning.progress_seconds)
+            job.wake.clear()
+            verdict = await self._verdict(job)
+            verdicts = [*verdicts[-1:], verdict]
+            if verdict == "completed" or (verdict is not None and verdicts == [verdict] * 2):
+                break
+            if verdict is not None:
+                await asyncio.sleep(self.tuning.progress_seconds)
+        error = None
+        if verdict == "failed":
+            error = "the migration ended without moving the VM (reconciled with libvirt)"
+        elif verdict == "cancelled":
+            error = "operation aborted: migration job cancelled by the client"
+        await self._finish(job, verdict, error)
+
+    async def _verdict(self, job: Job) -> MigrationStatus | None:
+        """What libvirt says of the job now: None while it runs or cannot be told."""
+        hosts = self.hosts
+        src = hosts.by_id[job.source_host_id]
+        dest = hosts.by_id[job.request.destination_host_id]
+        if hosts.connected(src):
+            try:
+                stats = await hosts.run(src, functools.partial(calls.job_stats, uuid=job.vm_id),
+                                        "job stats", timeout=max(5.0, self.tuning.progress_seconds))
+            except BackendError:
+                return None
+            if calls.is_migrating_out(stats):
+                job.take_progress(stats or {})
+                return None
+        for h in (src, dest):
+            if hosts.connected(h):
+                with contextlib.suppress(BackendError):
+                    await hosts.refresh(h, job.vm_id)
+        on_dest = dest.domains.get(job.vm_id)
+        if hosts.connected(dest) and on_dest is not None:
+            if on_dest.migration == "in":
+                return None
+            if on_dest.active:
+                return "completed"
+        if not (hosts.connected(src) and hosts.connected(dest)):
+            return None  # one side cannot be asked: the job stays running
+        return "cancelled" if job.cancel_requested else "failed"
+
+    # ------------------------------------------------------------ cancel
+
+    async def cancel(self, migration_id: str) -> Migration:
+        job = self.get(migration_id)
+        if job.status in FINAL_MIGRATION_STATUSES:
+            raise Conflict(f"migration {job.id} already {job.status}", code="migration_finished")
+        job.cancel_requested = True
+        src = self.hosts.by_id[job.source_host_id]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.tuning.cancel_timeout
+        while not job.done.is_set() and loop.time() < deadline:
+            if job.status != "running" or not self.hosts.connected(src):
+                # Not begun (the job sees the request before it calls libvirt), or the source
+                # is gone (the migration call fails by itself).
+                await _wait(job.done, deadline - loop.time())
+                break
+            try:
+                await self.hosts.run(src, functools.partial(calls.abort_job, uuid=job.vm_id),
+                                     "abort migration")
+                break
+            except Conflict:
+                # No libvirt job yet (still setting up) or already over: look again shortly.
+                await _wait(job.done, min(0.1, deadline - loop.time()))
+            except BackendError as err:
+                log.warning("migration %s: abortJob on %s failed: %s", job.id, src.name,
+                            err.detail)
+                break
+        await _wait(job.done, deadline - loop.time())
+        if job.status == "completed":
+            raise Conflict(f"migration {job.id} already completed", code="migration_finished")
+        return job.snapshot()
+
+    # ------------------------------------------------------------ hooks from the hosts
+
+    def _host_lost(self, h: HostState) -> None:
+        for job in self.by_vm.values():
+            if job.request.destination_host_id == h.id:
+                job.dest_lost = True
+
+    def _domain_event(self, uuid: str) -> None:
+        job = self.by_vm.get(uuid)
+        if job is not None and job.adopted:
+            job.wake.set()
+
+    def _job_event(self, h: HostState, uuid: str, stats: dict[str, Any]) -> None:
+        job = self.by_vm.get(uuid)
+        if job is not None and job.source_host_id == h.id:
+            job.final_stats = stats
+            job.completed_event.set()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await event.wait()
