@@ -11,6 +11,7 @@ from backends import scenario
 from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.config import Settings
+from tests.lab_support import lab_env  # noqa: F401 - one lab per session for every lab module
 
 T0 = 1_800_000_000.0
 SECRET = "test-secret-that-is-long-enough-for-every-hmac-algorithm-0123456789"

@@ -17,12 +17,9 @@ Set ``LAB_TIMINGS_FILE`` to get the measured timings as JSON.
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,46 +43,14 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from backends.libvirt import LibvirtBackend  # noqa: E402
 from cockpit_api.config import HostConfig  # noqa: E402
+from tests.lab_support import NODE1, NODE2, TIMINGS, domstate, lab, virsh  # noqa: E402
 from tests.libvirt_support import libvirt_app, libvirt_settings, login_headers, poll  # noqa: E402
 
 pytestmark = [pytest.mark.lab, pytest.mark.libvirt]
 
 API = "/api/v1"
-LAB = Path(__file__).resolve().parent.parent / "lab" / "libvirt-lab.sh"
-NODE1, NODE2 = "lab-node-01", "lab-node-02"
 REFERENCE_PAYLOAD = {"live": True, "persistent": True, "undefine_source": True,
                      "copy_storage": "none"}
-TIMINGS: dict[str, Any] = {}
-
-
-def lab(*args: str) -> str:
-    p = subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=120)
-    if p.returncode != 0:
-        raise AssertionError(f"libvirt-lab.sh {' '.join(args)} failed ({p.returncode}):\n"
-                             f"{p.stderr[-3000:]}")
-    return p.stdout
-
-
-@pytest.fixture(scope="session")
-def lab_env() -> Iterator[dict[str, str]]:
-    t0 = time.monotonic()
-    out = lab("up")
-    TIMINGS["lab_up_s"] = round(time.monotonic() - t0, 3)
-    env = {}
-    for line in out.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            env[key] = shlex.split(value)[0] if value else ""
-    try:
-        yield env
-    finally:
-        t0 = time.monotonic()
-        lab("down")
-        TIMINGS["lab_down_s"] = round(time.monotonic() - t0, 3)
-        print("\nlibvirt lab timings:", json.dumps(TIMINGS, indent=2))
-        target = os.environ.get("LAB_TIMINGS_FILE")
-        if target:
-            Path(target).write_text(json.dumps(TIMINGS, indent=2) + "\n", encoding="utf-8")
 
 
 @dataclass
@@ -135,16 +100,6 @@ class Lab:
     def wait_job(self, mid: str, statuses: set[str], timeout: float) -> dict[str, Any]:
         return poll(lambda: (j := self.get(f"/migrations/{mid}"))["status"] in statuses and j,
                     timeout, interval=0.02)
-
-
-def virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["virsh", "-q", "-c", uri, *args], capture_output=True, text=True,
-                          timeout=60)
-
-
-def domstate(uri: str, name: str) -> str | None:
-    p = virsh(uri, "domstate", name)
-    return p.stdout.strip() if p.returncode == 0 else None
 
 
 @pytest.fixture(scope="module")
