@@ -144,6 +144,11 @@ class Hosts:
     def connected(self, h: HostState) -> bool:
         return h.link is not None and self.inv.hosts[h.id].status == "connected"
 
+    @staticmethod
+    def fresh(h: HostState) -> bool:
+        """Its snapshot is current (a lost host's is from before it went)."""
+        return h.link is not None
+
     def require_connected(self, h: HostState) -> None:
         if not self.connected(h):
             raise Unavailable(f"host {h.name} is disconnected", code=HOST_DISCONNECTED)
@@ -350,7 +355,7 @@ class Hosts:
         t = time.time()
         copies = [(h, h.domains[uuid]) for h in self.order if uuid in h.domains]
         job = self.jobs_by_vm.get(uuid)
-        if job is None and any(d.migration == "in" and self.connected(h) for h, d in copies):
+        if job is None and any(d.migration == "in" and self.fresh(h) for h, d in copies):
             self.on_unrecorded(uuid)
             job = self.jobs_by_vm.get(uuid)
         copies = [c for c in copies if c[1].migration != "in"]

@@ -71,6 +71,7 @@ class Job:
     percent: float = 0.0
     adopted: bool = False  # found running in libvirt, not started by this process
     cancel_requested: bool = False
+    ending: bool = False  # _finish has begun
     dest_lost: bool = False
     final_stats: dict[str, Any] | None = None
     completed_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -230,13 +231,25 @@ class Migrations:
                 status, error = "cancelled", err.detail
             else:
                 status, error = "failed", err.detail
-                if job.dest_lost:
+                if err.code == HOST_DISCONNECTED and job.status == "running":
+                    # A connection broke (ours to the source, or the source's to the
+                    # destination): the call's end is not the migration's. libvirt keeps a
+                    # peer-to-peer migration going without its client; ask it how it ends.
+                    status = await self._settle(job)
+                    if status == "cancelled":
+                        error = "operation aborted: migration job cancelled by the client"
+                if status == "failed" and job.dest_lost:
                     error = f"lost connection to the destination host during migration: {error}"
+                elif status == "completed":
+                    error = None
         if status == "completed":
             await _wait(job.completed_event, 1.0)  # final numbers come with the event
         await self._finish(job, status, error)
 
     async def _finish(self, job: Job, status: MigrationStatus, error: str | None) -> None:
+        if job.ending:
+            return  # ending already (reconcile_now and the job's own watch can race)
+        job.ending = True
         if status == "completed":
             job.take_progress(job.final_stats or {}, final=True)
             job.remaining, job.percent = 0, 100.0
@@ -272,7 +285,7 @@ class Migrations:
         if uuid in self.by_vm or self.hosts.closed:
             return
         # Only what connected hosts say now: a lost host's snapshot is from before it went.
-        up = [h for h in self.hosts.order if self.hosts.connected(h)]
+        up = [h for h in self.hosts.order if self.hosts.fresh(h)]
         dests = [h for h in up if (d := h.domains.get(uuid)) is not None and d.migration == "in"]
         sources = [h for h in up
                    if (d := h.domains.get(uuid)) is not None and d.active and d.migration != "in"]
@@ -292,23 +305,8 @@ class Migrations:
             await self._finish(job, "completed", None)
 
     async def _watch(self, job: Job) -> None:
-        """Reconcile an adopted job with libvirt until it ends.
-
-        It looks every ``progress_seconds`` and at each event of the domain. Completed is
-        final at once (the destination runs its own copy); failed or cancelled must be seen
-        twice, a poll apart (the source's job can end a moment before the destination's
-        copy is resumed).
-        """
-        verdicts: list[MigrationStatus | None] = []
-        while True:
-            await _wait(job.wake, self.tuning.progress_seconds)
-            job.wake.clear()
-            verdict = await self._verdict(job)
-            verdicts = [*verdicts[-1:], verdict]
-            if verdict == "completed" or (verdict is not None and verdicts == [verdict] * 2):
-                break
-            if verdict is not None:
-                await asyncio.sleep(self.tuning.progress_seconds)
+        """An adopted job: reconciled with libvirt until it ends."""
+        verdict = await self._settle(job)
         error = None
         if verdict == "failed":
             error = "the migration ended without moving the VM (reconciled with libvirt)"
@@ -316,33 +314,64 @@ class Migrations:
             error = "operation aborted: migration job cancelled by the client"
         await self._finish(job, verdict, error)
 
+    async def _settle(self, job: Job) -> MigrationStatus:
+        """Ask libvirt until it tells how the job ended (and meanwhile keep its progress).
+
+        It looks every ``progress_seconds`` and at each event of the domain. Completed is
+        final at once (the destination runs its own copy); failed or cancelled must be seen
+        twice, a poll apart (the source's job can end a moment before the destination's
+        copy is resumed).
+        """
+        job.adopted = True  # from now on, libvirt's word decides (cancel, reconcile_now)
+        last: MigrationStatus | None = None
+        while True:
+            verdict = await self._verdict(job)
+            if job.ending:
+                return verdict or "failed"  # ended meanwhile by reconcile_now: not used
+            if verdict == "completed" or (verdict is not None and verdict == last):
+                return verdict
+            last = verdict
+            await _wait(job.wake, self.tuning.progress_seconds)
+            job.wake.clear()
+
     async def _verdict(self, job: Job) -> MigrationStatus | None:
-        """What libvirt says of the job now: None while it runs or cannot be told."""
+        """What libvirt says of the job now: None while it runs or cannot be told.
+
+        A source that runs the guest with no migration job means the migration is over and
+        did not move it, whatever the destination (which may be unreachable) would say: a
+        guest does not run in two places.
+        """
         hosts = self.hosts
         src = hosts.by_id[job.source_host_id]
         dest = hosts.by_id[job.request.destination_host_id]
+        over: MigrationStatus = "cancelled" if job.cancel_requested else "failed"
         if hosts.connected(src):
             try:
                 stats = await hosts.run(src, functools.partial(calls.job_stats, uuid=job.vm_id),
                                         "job stats", timeout=max(5.0, self.tuning.progress_seconds))
+                if calls.is_migrating_out(stats):
+                    job.take_progress(stats or {})
+                    return None
+                await hosts.refresh(src, job.vm_id)
             except BackendError:
                 return None
-            if calls.is_migrating_out(stats):
-                job.take_progress(stats or {})
-                return None
-        for h in (src, dest):
-            if hosts.connected(h):
-                with contextlib.suppress(BackendError):
-                    await hosts.refresh(h, job.vm_id)
-        on_dest = dest.domains.get(job.vm_id)
-        if hosts.connected(dest) and on_dest is not None:
-            if on_dest.migration == "in":
-                return None
-            if on_dest.active:
-                return "completed"
-        if not (hosts.connected(src) and hosts.connected(dest)):
+            on_src = src.domains.get(job.vm_id)
+            if on_src is not None and on_src.active and on_src.migration is None:
+                return over
+        if not hosts.connected(dest):
             return None  # one side cannot be asked: the job stays running
-        return "cancelled" if job.cancel_requested else "failed"
+        try:
+            await hosts.refresh(dest, job.vm_id)
+        except BackendError:
+            return None
+        on_dest = dest.domains.get(job.vm_id)
+        if on_dest is not None and on_dest.migration == "in":
+            return None
+        if on_dest is not None and on_dest.active:
+            return "completed"
+        if hosts.connected(src):
+            return over  # neither side runs it as migrating: over (the guest stopped)
+        return None
 
     # ------------------------------------------------------------ cancel
 
