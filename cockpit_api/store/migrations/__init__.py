@@ -1,0 +1,1 @@
+"""Alembic environment and versioned schema revisions for the store (run at start-up)."""
