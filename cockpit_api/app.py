@@ -2,8 +2,9 @@
 
 ``create_app(settings, backend=...)`` builds a Connexion AsyncApp with strict
 request validation and problem+json errors, wraps it so that every request
-carries this instance's :class:`Services` in its scope, and mounts the
-simulator's control plane when the backend is the simulator.
+carries this instance's :class:`Services` in its scope and every write is
+audited, and mounts the simulator's control plane when the backend is the
+simulator.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import importlib
 import inspect
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -38,7 +38,8 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
-from cockpit_api.state import SCOPE_KEY, Services
+from cockpit_api.state import AUDIT_KEY, SCOPE_KEY, Services
+from cockpit_api.store import MEMORY_URL, AuditEntry, Store, open_store
 from cockpit_api.validators import validator_map
 
 log = logging.getLogger("cockpit_api")
@@ -50,14 +51,20 @@ API_PREFIX = "/api/v1"
 CONTROL_PREFIX = "/_sim"
 
 
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class CockpitApp:
-    """The ASGI app: puts this instance's services in each scope, adds simulated latency."""
+    """The ASGI app: puts this instance's services in each scope, adds simulated latency,
+    and writes one audit entry per write request."""
 
     def __init__(self, inner: connexion.AsyncApp, services: Services,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
         self.inner = inner
         self.services = services
         self._sleep = sleep
+        self._clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -65,9 +72,59 @@ class CockpitApp:
             latency = getattr(self.services.backend, "latency_ms", 0)
             if latency and scope["path"].startswith(API_PREFIX):
                 await self._sleep(latency / 1000)
+            if scope["method"] not in _READS:
+                await self._audited(scope, receive, send)
+                return
         elif scope["type"] == "websocket":
             scope[SCOPE_KEY] = self.services
         await self.inner(scope, receive, send)
+
+    async def _audited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every write, whatever its operation: one entry, written before the answer leaves.
+
+        Keyed by the operationId Connexion's routing resolved, so operations added
+        later are audited without a change here. Requests that match no operation
+        (404, 405) are not: they changed nothing and are the scanners' noise.
+        """
+        # What the client asked, taken now: routing rewrites root_path and path later.
+        note: dict[str, Any] = {"path": scope.get("root_path", "") + scope["path"]}
+        scope[AUDIT_KEY] = note
+        # Shared, not copied, by the scopes Connexion derives: routing writes the
+        # operation id into this dict.
+        extensions = scope.setdefault("extensions", {})
+
+        async def audit_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                routing = extensions.get("connexion_routing") or {}
+                operation = routing.get("operation_id")
+                if operation:
+                    await self._write_audit(scope, note, operation.rsplit(".", 1)[-1],
+                                            int(message["status"]))
+            await send(message)
+
+        await self.inner(scope, receive, audit_send)
+
+    async def _write_audit(self, scope: Scope, note: dict[str, Any], operation: str,
+                           status: int) -> None:
+        headers = dict(scope.get("headers") or [])
+        actor, role = note.get("actor"), note.get("role")
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        if actor is None and auth[:7].lower() == "bearer ":
+            claims = self.services.auth.actor(auth[7:].strip())
+            if claims is not None:
+                actor, role = claims["sub"], claims["role"]
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or None
+        client = scope.get("client")
+        entry = AuditEntry(at=self._clock(), operation=operation, method=scope["method"],
+                           path=note["path"], status=status,
+                           actor=None if actor is None else str(actor)[:255], role=role,
+                           address=client[0] if client else None, request_id=request_id)
+        try:
+            await asyncio.to_thread(self.services.auth.store.audit_append, entry)
+        except Exception:
+            # The write already happened; losing its audit line must not turn it into a 500.
+            log.exception("audit entry not written: %s %s -> %s", entry.method, entry.path,
+                          status)
 
 
 def build_backend(settings: Settings) -> Backend:
@@ -108,7 +165,7 @@ def _precompute_signatures() -> None:
     x-bearerInfoFunc for every request; inspect returns ``__signature__`` at once
     when a function carries one (about 10% of a request, bench/README.md).
     """
-    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control"):
+    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "audit"):
         module = importlib.import_module(f"handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
@@ -117,29 +174,31 @@ def _precompute_signatures() -> None:
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None,
+               store: Store | None = None,
                auth_clock: Callable[[], float] = time.time,
                sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> CockpitApp:
+    """The app. Without ``store`` it opens ``settings.store_url`` (``StoreError`` if it
+    cannot), or an in-memory store when none is set (apps built in code, tests)."""
     settings = settings or Settings()
+    store = store if store is not None else open_store(settings.store_url or MEMORY_URL)
     backend = backend or build_backend(settings)
-    secret = settings.jwt_secret
-    if not secret:
-        secret = secrets.token_urlsafe(48)
-        log.warning("no JWT secret configured: using a random one; tokens die with this process")
     auth = AuthService(
         _users(settings, backend),
-        AuthSettings(secret, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl,
-                     settings.refresh_ttl, settings.max_failures_per_user,
-                     settings.max_failures_per_address),
-        clock=auth_clock,
+        AuthSettings(settings.jwt_secret or None, settings.jwt_issuer, settings.jwt_audience,
+                     settings.token_ttl, settings.refresh_ttl, settings.max_failures_per_user,
+                     settings.max_failures_per_address, settings.failure_window),
+        clock=auth_clock, store=store,
     )
-    services = Services(backend, auth, settings)
+    services = Services(backend, auth, settings, store)
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         await backend.start()
+        auth.start()
         try:
             yield
         finally:
+            await auth.stop()
             await backend.close()
 
     app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan)
@@ -170,4 +229,4 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_error_handler(HTTPException, problems.on_http_exception)
     app.add_error_handler(UnicodeDecodeError, problems.on_bad_encoding)
     app.add_error_handler(Exception, problems.on_unexpected)
-    return CockpitApp(app, services, sleep)
+    return CockpitApp(app, services, sleep, auth_clock)

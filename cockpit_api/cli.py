@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.load(
         args.config, backend=args.backend, scenario=args.scenario, host=args.host,
         port=args.port, speed=args.speed, validate_responses=args.validate_responses or None,
+        state_dir=args.state_dir, store_url=args.store,
     )
     app = create_app(settings)
     base = f"http://{settings.host}:{settings.port}"
@@ -35,8 +36,11 @@ def _serve(args: argparse.Namespace) -> int:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log, lifespan="on", loop="uvloop", http="httptools")
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                    access_log=args.access_log, lifespan="on", loop="uvloop", http="httptools")
+    finally:
+        app.services.auth.store.close()
     return 0
 
 
@@ -69,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
     serve.add_argument("--config", default=None, help="TOML config file")
+    serve.add_argument("--state-dir", default=None,
+                       help="where the embedded store lives (default "
+                            "$XDG_STATE_HOME/cockpit-api or ~/.local/state/cockpit-api)")
+    serve.add_argument("--store", default=None, metavar="URL",
+                       help="sqlite:///PATH or postgresql://USER:PASS@HOST/DB "
+                            "(default: sqlite in the state directory)")
     serve.add_argument("--speed", type=float, default=None,
                        help="virtual seconds per real second for the simulator (default 1)")
     serve.add_argument("--validate-responses", action="store_true",
@@ -90,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from cockpit_api.store import StoreError
+
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         print(f"cockpit-api: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
