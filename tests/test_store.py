@@ -63,6 +63,15 @@ def test_the_migrations_make_the_schema_the_code_expects(store: SqlStore) -> Non
         assert compare_metadata(ctx, metadata) == []
 
 
+def test_head_names_the_newest_revision() -> None:
+    from alembic.script import ScriptDirectory
+
+    from cockpit_api.store.migrations import HEAD
+    from cockpit_api.store.sql import MIGRATIONS
+
+    assert ScriptDirectory(str(MIGRATIONS)).get_current_head() == HEAD
+
+
 def test_the_schema_goes_down_and_up_again(store_url: str) -> None:
     from alembic import command
     from alembic.config import Config
