@@ -197,7 +197,10 @@ class AuthService:
         if self.settings.secret is not None:
             raise ValueError("the signing key is configured (jwt_secret): rotate it there")
         s = self.settings
-        self.store.rotate_signing_key(self.clock(), self.clock() + s.token_ttl + s.leeway)
+        # Other processes switch to the new key at their next upkeep (prune, every
+        # minute): until then they still sign with this one, hence the extra minute.
+        self.store.rotate_signing_key(self.clock(),
+                                      self.clock() + s.token_ttl + s.leeway + 120)
         self._load_keys()
         return self._current_kid
 
@@ -314,6 +317,8 @@ class AuthService:
         keep = s.token_ttl + s.leeway  # an access token of a revoked session may live as long
         self.store.prune_sessions(now, keep_revoked=keep)
         self.store.prune_throttling(now - s.failure_window)
+        if s.secret is None:
+            self._load_keys()  # a key rotated elsewhere (cockpit-api rotate-key, a replica)
         self._revoked = {sid: at for sid, at in self._revoked.items() if at > now - keep}
 
     async def run(self, prune_every: float = 60.0) -> None:

@@ -133,3 +133,31 @@ def test_two_replicas_on_one_postgresql_are_one_server(postgres: Postgres) -> No
         # first, third, 5 wrong, the throttled one, and the one that got this token
         assert len(logins) == 9, logins
         assert {e["status"] for e in logins} == {200, 401, 429}
+
+
+def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The CLI with a pipe (not a terminal) on stdin."""
+    return subprocess.run([sys.executable, "-m", "cockpit_api.cli", *args], cwd=ROOT,
+                          input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_hash_password_reads_a_pipe() -> None:
+    from cockpit_api.auth import verify_password
+
+    done = _cli("hash-password", stdin="s3cret\n")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert verify_password("s3cret", done.stdout.strip())
+
+
+def test_rotate_key_makes_a_new_current_key(tmp_path: Path) -> None:
+    from cockpit_api.store import default_url, open_store
+
+    store = open_store(default_url(tmp_path))
+    first = store.current_signing_key(time.time())
+    done = _cli("rotate-key", "--state-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    keys = store.signing_keys()
+    assert keys[0].kid != first.kid and keys[0].kid in done.stdout
+    assert [k.kid for k in keys[1:]] == [first.kid] and keys[1].retire_after is not None
+    store.close()
