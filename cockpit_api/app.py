@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from backends.base import Backend, BackendError
 from cockpit_api import problems
+from cockpit_api.audit import READS, Auditor, OperationIndex
 from cockpit_api.auth import (
     AuthError,
     AuthService,
@@ -38,8 +39,8 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
-from cockpit_api.state import AUDIT_KEY, SCOPE_KEY, Services
-from cockpit_api.store import MEMORY_URL, AuditEntry, Store, open_store
+from cockpit_api.state import SCOPE_KEY, Services
+from cockpit_api.store import MEMORY_URL, Store, open_store
 from cockpit_api.validators import validator_map
 
 log = logging.getLogger("cockpit_api")
@@ -51,12 +52,9 @@ API_PREFIX = "/api/v1"
 CONTROL_PREFIX = "/_sim"
 
 
-_READS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
 class CockpitApp:
     """The ASGI app: puts this instance's services in each scope, adds simulated latency,
-    and writes one audit entry per write request."""
+    and audits every write (cockpit_api/audit.py)."""
 
     def __init__(self, inner: connexion.AsyncApp, services: Services,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -64,7 +62,7 @@ class CockpitApp:
         self.inner = inner
         self.services = services
         self._sleep = sleep
-        self._clock = clock
+        self._audited = Auditor(inner, services, lambda: OperationIndex.of(inner), clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -72,59 +70,12 @@ class CockpitApp:
             latency = getattr(self.services.backend, "latency_ms", 0)
             if latency and scope["path"].startswith(API_PREFIX):
                 await self._sleep(latency / 1000)
-            if scope["method"] not in _READS:
+            if scope["method"] not in READS:
                 await self._audited(scope, receive, send)
                 return
         elif scope["type"] == "websocket":
             scope[SCOPE_KEY] = self.services
         await self.inner(scope, receive, send)
-
-    async def _audited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Every write, whatever its operation: one entry, written before the answer leaves.
-
-        Keyed by the operationId Connexion's routing resolved, so operations added
-        later are audited without a change here. Requests that match no operation
-        (404, 405) are not: they changed nothing and are the scanners' noise.
-        """
-        # What the client asked, taken now: routing rewrites root_path and path later.
-        note: dict[str, Any] = {"path": scope.get("root_path", "") + scope["path"]}
-        scope[AUDIT_KEY] = note
-        # Shared, not copied, by the scopes Connexion derives: routing writes the
-        # operation id into this dict.
-        extensions = scope.setdefault("extensions", {})
-
-        async def audit_send(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                routing = extensions.get("connexion_routing") or {}
-                operation = routing.get("operation_id")
-                if operation:
-                    await self._write_audit(scope, note, operation.rsplit(".", 1)[-1],
-                                            int(message["status"]))
-            await send(message)
-
-        await self.inner(scope, receive, audit_send)
-
-    async def _write_audit(self, scope: Scope, note: dict[str, Any], operation: str,
-                           status: int) -> None:
-        headers = dict(scope.get("headers") or [])
-        actor, role = note.get("actor"), note.get("role")
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        if actor is None and auth[:7].lower() == "bearer ":
-            claims = self.services.auth.actor(auth[7:].strip())
-            if claims is not None:
-                actor, role = claims["sub"], claims["role"]
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or None
-        client = scope.get("client")
-        entry = AuditEntry(at=self._clock(), operation=operation, method=scope["method"],
-                           path=note["path"], status=status,
-                           actor=None if actor is None else str(actor)[:255], role=role,
-                           address=client[0] if client else None, request_id=request_id)
-        try:
-            await asyncio.to_thread(self.services.auth.store.audit_append, entry)
-        except Exception:
-            # The write already happened; losing its audit line must not turn it into a 500.
-            log.exception("audit entry not written: %s %s -> %s", entry.method, entry.path,
-                          status)
 
 
 def build_backend(settings: Settings) -> Backend:

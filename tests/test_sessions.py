@@ -301,6 +301,8 @@ async def test_every_write_is_audited(app: CockpitApp) -> None:
         await c.post(f"{B}/vms/{VM}/action", json={"action": "start"}, headers=h)  # 409
         await c.post("/_sim/reset", headers=h)
         await c.post(f"{B}/auth/refresh", json={"refresh_token": admin["refresh_token"]})
+        await c.post(f"{B}/vms/{VM}/action", json={"action": "stop"},
+                     headers=_bearer("not-a-token"))  # refused by the security layer: audited
         await c.get(f"{B}/vms", headers=h)  # reads are not audited
         await c.post(f"{B}/nowhere", headers=h)  # no operation: not audited
         r = await c.get(f"{B}/audit", headers=h)
@@ -308,6 +310,7 @@ async def test_every_write_is_audited(app: CockpitApp) -> None:
     entries = r.json()["entries"]
     seen = [(e["operation"], e["status"], e["actor"]) for e in entries]
     assert seen == [
+        ("vm_action", 401, None),
         ("refresh", 200, None),
         ("reset", 200, "admin"),
         ("vm_action", 409, "admin"),
@@ -315,11 +318,11 @@ async def test_every_write_is_audited(app: CockpitApp) -> None:
         ("login", 200, "admin"),
         ("login", 401, "admin"),
     ]
-    action = entries[3]
+    action = entries[4]
     assert action["request_id"] == "req-123" and action["address"] == "10.0.0.5"
     assert action["path"] == f"{B}/vms/{VM}/action" and action["method"] == "POST"
     assert action["role"] == "admin" and action["at"].endswith("Z")
-    assert entries[2]["request_id"] is None
+    assert entries[3]["request_id"] is None
 
 
 async def test_the_audit_log_pages_and_is_for_admins(http: httpx.AsyncClient) -> None:
@@ -369,3 +372,15 @@ async def test_a_lost_store_keeps_reads_and_refuses_logins(postgres: Postgres,
                          headers=_bearer(pair["token"]))
         assert r.status_code == 200
     store.close()
+
+
+def test_the_operation_index_knows_every_write_of_the_served_specs(app: CockpitApp) -> None:
+    from cockpit_api.audit import OperationIndex
+
+    index = OperationIndex.of(app.inner)
+    assert index.find("POST", f"{B}/vms/{VM}/action") == "vm_action"
+    assert index.find("POST", f"{B}/auth/login") == "login"
+    assert index.find("POST", "/_sim/reset") == "reset"
+    assert index.find("POST", f"{B}/vms/{VM}/action/extra") is None
+    assert index.find("POST", f"{B}/vms") is None  # no such write
+    assert index.find("GET", f"{B}/vms") is None  # reads are not indexed
