@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cockpit_api.state import AUDIT_KEY
+from cockpit_api.state import AUDIT_KEY, SCOPE_KEY
 from cockpit_api.store import AuditEntry
 
 if TYPE_CHECKING:
@@ -96,8 +96,13 @@ class Auditor:
             return
         if self._index is None:
             self._index = self._index_factory()
-        path = scope.get("root_path", "") + scope["path"]
+        # The path as the client sent it (Starlette: root_path included), matched below a
+        # mount too (e.g. /sandboxes/{id}: root_path names the mount).
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
         operation = self._index.find(scope["method"], path)
+        if operation is None and root and path.startswith(root):
+            operation = self._index.find(scope["method"], path[len(root):])
         if operation is None:
             await self.app(scope, receive, send)
             return
@@ -113,11 +118,13 @@ class Auditor:
 
     async def _write(self, scope: Scope, note: dict[str, Any], operation: str, path: str,
                      status: int) -> None:
+        # The services of the world the request went to (the app's, or a mount's).
+        services = scope.get(SCOPE_KEY, self.services)
         headers = dict(scope.get("headers") or [])
         actor, role = note.get("actor"), note.get("role")
         auth = headers.get(b"authorization", b"").decode("latin-1")
         if actor is None and auth[:7].lower() == "bearer ":
-            claims = self.services.auth.actor(auth[7:].strip())
+            claims = services.auth.actor(auth[7:].strip())
             if claims is not None:
                 actor, role = claims["sub"], claims["role"]
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or None
@@ -127,7 +134,7 @@ class Auditor:
                            actor=None if actor is None else str(actor)[:255], role=role,
                            address=client[0] if client else None, request_id=request_id)
         try:
-            await asyncio.to_thread(self.services.auth.store.audit_append, entry)
+            await asyncio.to_thread(services.auth.store.audit_append, entry)
         except Exception:
             # The write already happened; losing its audit line must not turn it into a 500.
             log.exception("audit entry not written: %s %s -> %s", entry.method, entry.path,
