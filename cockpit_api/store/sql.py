@@ -21,8 +21,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -196,8 +194,14 @@ class SqlStore:
         log.info("store %s: schema upgraded %s -> %s", self.display_url, current, HEAD)
 
     def _upsert(self, table: sa.Table) -> Any:
-        insert = pg_dialect.insert if self.kind == "postgresql" else sqlite_dialect.insert
-        return insert(table)
+        # Imported here: the embedded default never loads the PostgreSQL dialect.
+        if self.kind == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
 
     @_unavailable
     def ping(self) -> None:
