@@ -161,3 +161,21 @@ def test_rotate_key_makes_a_new_current_key(tmp_path: Path) -> None:
     assert keys[0].kid != first.kid and keys[0].kid in done.stdout
     assert [k.kid for k in keys[1:]] == [first.kid] and keys[1].retire_after is not None
     store.close()
+
+
+def test_store_settings_come_from_the_file_the_environment_and_flags(tmp_path: Path) -> None:
+    from cockpit_api.config import Settings
+
+    cfg = tmp_path / "cockpit.toml"
+    cfg.write_text('[store]\nurl = "postgresql://cockpit:pw@db/cockpit"\n', encoding="utf-8")
+    s = Settings.load(cfg, env={})
+    assert s.store_url == "postgresql://cockpit:pw@db/cockpit" and s.state_dir is None
+    s = Settings.load(env={"XDG_STATE_HOME": str(tmp_path / "xdg")})
+    assert s.state_dir == str(tmp_path / "xdg" / "cockpit-api")
+    assert s.store_url == f"sqlite:///{tmp_path / 'xdg' / 'cockpit-api' / 'store.db'}"
+    assert (tmp_path / "xdg" / "cockpit-api").stat().st_mode & 0o777 == 0o700
+    s = Settings.load(env={"COCKPIT_STATE_DIR": str(tmp_path / "env")})
+    assert s.store_url == f"sqlite:///{tmp_path / 'env' / 'store.db'}"
+    s = Settings.load(cfg, env={"COCKPIT_STORE_URL": "sqlite:///from-env.db"},
+                      store_url="sqlite:///from-flag.db")
+    assert s.store_url == "sqlite:///from-flag.db"

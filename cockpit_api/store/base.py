@@ -37,6 +37,18 @@ audit entry
     One write request: who, when, what (operationId, method, path), from which
     address, the answer's status and the request id.
 
+How a backend uses it (the libvirt backend: jobs, adoption, host ids). ``create_app``
+opens the store before it builds the backend and keeps it as ``Services.store``
+(also ``AuthService.store``). A replica names itself once (e.g. ``uuid4().hex``)
+and then: ``create_job`` when it accepts a migration (``JobConflict`` is the
+409, from any replica), with ``lease_owner`` set to itself; ``update_job`` as
+progress comes (status, progress, started_at, error; a terminal status frees
+the VM); ``renew_leases(me, now, ttl)`` every ttl/3 seconds; on start and then
+periodically ``adoptable_jobs(now)`` and, for each, ``acquire_lease`` (only one
+replica wins it) before reconciling the record with what libvirt says. Host ids:
+``kv_setdefault(f"libvirt.host.{name}", uuid7(), now)`` gives every replica the
+same id for a name; ``kv_items("libvirt.host.")`` lists them.
+
 Every method is blocking (call it from a worker thread, never on the event
 loop's hot path). Times are Unix seconds passed in by the caller, so tests
 drive them. When the database cannot be reached, methods raise
