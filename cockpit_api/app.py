@@ -2,8 +2,9 @@
 
 ``create_app(settings, backend=...)`` builds a Connexion AsyncApp with strict
 request validation and problem+json errors, wraps it so that every request
-carries this instance's :class:`Services` in its scope, and mounts the
-simulator's control plane when the backend is the simulator.
+carries this instance's :class:`Services` in its scope and every write is
+audited, and mounts the simulator's control plane when the backend is the
+simulator.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import importlib
 import inspect
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from backends.base import Backend, BackendError
 from cockpit_api import problems
+from cockpit_api.audit import READS, Auditor, OperationIndex
 from cockpit_api.auth import (
     AuthError,
     AuthService,
@@ -39,6 +40,7 @@ from cockpit_api.auth import (
 )
 from cockpit_api.config import ConfigError, Settings
 from cockpit_api.state import SCOPE_KEY, Services
+from cockpit_api.store import MEMORY_URL, Store, open_store
 from cockpit_api.validators import validator_map
 
 log = logging.getLogger("cockpit_api")
@@ -51,13 +53,16 @@ CONTROL_PREFIX = "/_sim"
 
 
 class CockpitApp:
-    """The ASGI app: puts this instance's services in each scope, adds simulated latency."""
+    """The ASGI app: puts this instance's services in each scope, adds simulated latency,
+    and audits every write (cockpit_api/audit.py)."""
 
     def __init__(self, inner: connexion.AsyncApp, services: Services,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
         self.inner = inner
         self.services = services
         self._sleep = sleep
+        self._audited = Auditor(inner, services, lambda: OperationIndex.of(inner), clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -65,6 +70,9 @@ class CockpitApp:
             latency = getattr(self.services.backend, "latency_ms", 0)
             if latency and scope["path"].startswith(API_PREFIX):
                 await self._sleep(latency / 1000)
+            if scope["method"] not in READS:
+                await self._audited(scope, receive, send)
+                return
         elif scope["type"] == "websocket":
             scope[SCOPE_KEY] = self.services
         await self.inner(scope, receive, send)
@@ -108,7 +116,7 @@ def _precompute_signatures() -> None:
     x-bearerInfoFunc for every request; inspect returns ``__signature__`` at once
     when a function carries one (about 10% of a request, bench/README.md).
     """
-    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control"):
+    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "audit"):
         module = importlib.import_module(f"handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
@@ -117,29 +125,31 @@ def _precompute_signatures() -> None:
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None,
+               store: Store | None = None,
                auth_clock: Callable[[], float] = time.time,
                sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> CockpitApp:
+    """The app. Without ``store`` it opens ``settings.store_url`` (``StoreError`` if it
+    cannot), or an in-memory store when none is set (apps built in code, tests)."""
     settings = settings or Settings()
+    store = store if store is not None else open_store(settings.store_url or MEMORY_URL)
     backend = backend or build_backend(settings)
-    secret = settings.jwt_secret
-    if not secret:
-        secret = secrets.token_urlsafe(48)
-        log.warning("no JWT secret configured: using a random one; tokens die with this process")
     auth = AuthService(
         _users(settings, backend),
-        AuthSettings(secret, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl,
-                     settings.refresh_ttl, settings.max_failures_per_user,
-                     settings.max_failures_per_address),
-        clock=auth_clock,
+        AuthSettings(settings.jwt_secret or None, settings.jwt_issuer, settings.jwt_audience,
+                     settings.token_ttl, settings.refresh_ttl, settings.max_failures_per_user,
+                     settings.max_failures_per_address, settings.failure_window),
+        clock=auth_clock, store=store,
     )
-    services = Services(backend, auth, settings)
+    services = Services(backend, auth, settings, store)
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         await backend.start()
+        auth.start()
         try:
             yield
         finally:
+            await auth.stop()
             await backend.close()
 
     app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan)
@@ -170,4 +180,4 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_error_handler(HTTPException, problems.on_http_exception)
     app.add_error_handler(UnicodeDecodeError, problems.on_bad_encoding)
     app.add_error_handler(Exception, problems.on_unexpected)
-    return CockpitApp(app, services, sleep)
+    return CockpitApp(app, services, sleep, auth_clock)

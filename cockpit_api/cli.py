@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.load(
         args.config, backend=args.backend, scenario=args.scenario, host=args.host,
         port=args.port, speed=args.speed, validate_responses=args.validate_responses or None,
+        state_dir=args.state_dir, store_url=args.store,
     )
     app = create_app(settings)
     base = f"http://{settings.host}:{settings.port}"
@@ -35,16 +36,20 @@ def _serve(args: argparse.Namespace) -> int:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log, lifespan="on", loop="uvloop", http="httptools")
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                    access_log=args.access_log, lifespan="on", loop="uvloop", http="httptools")
+    finally:
+        app.services.auth.store.close()
     return 0
 
 
 def _hash_password(args: argparse.Namespace) -> int:
     from cockpit_api.auth import hash_password
 
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    if args.password_stdin or not sys.stdin.isatty():
+        # A pipe (echo pw | cockpit-api hash-password): read it, as --password-stdin would.
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:
@@ -55,6 +60,35 @@ def _hash_password(args: argparse.Namespace) -> int:
         return 2
     print(hash_password(password))
     return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    from cockpit_api.auth import AuthService, AuthSettings
+    from cockpit_api.store import open_store
+
+    settings = Settings.load(args.config, state_dir=args.state_dir, store_url=args.store)
+    if settings.jwt_secret:
+        print("the signing key is configured (jwt_secret): change it there", file=sys.stderr)
+        return 2
+    assert settings.store_url is not None  # resolve_state sets it
+    store = open_store(settings.store_url)
+    try:
+        auth = AuthService([], AuthSettings(None, token_ttl=settings.token_ttl), store=store)
+        kid = auth.rotate_key()
+    finally:
+        store.close()
+    print(f"new signing key {kid}; servers sign with it within a minute, and tokens signed "
+          "before keep verifying until they expire")
+    return 0
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", default=None,
+                        help="where the embedded store lives (default "
+                             "$XDG_STATE_HOME/cockpit-api or ~/.local/state/cockpit-api)")
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="sqlite:///PATH or postgresql://USER:PASS@HOST/DB "
+                             "(default: sqlite in the state directory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
     serve.add_argument("--config", default=None, help="TOML config file")
+    _add_store_options(serve)
     serve.add_argument("--speed", type=float, default=None,
                        help="virtual seconds per real second for the simulator (default 1)")
     serve.add_argument("--validate-responses", action="store_true",
@@ -81,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     hp.set_defaults(func=_hash_password)
 
+    rk = sub.add_parser("rotate-key", help="make a new JWT signing key in the store "
+                                           "(old tokens verify until they expire)")
+    rk.add_argument("--config", default=None, help="TOML config file")
+    _add_store_options(rk)
+    rk.set_defaults(func=_rotate_key)
+
     from cockpit_api import conformance
 
     conformance.add_parser(sub)
@@ -90,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from cockpit_api.store import StoreError
+
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         print(f"cockpit-api: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:

@@ -10,9 +10,16 @@ Example ``cockpit.toml``::
     cors_origins = ["http://localhost:5173"]
 
     [auth]
-    jwt_secret = "at least 32 bytes of secret ......"
+    jwt_secret = "at least 32 bytes of secret ......"   # optional: else generated, in the store
     token_ttl = 3600
     refresh_ttl = 604800
+    max_failures_per_user = 5      # login attempts per (user, address) per window
+    max_failures_per_address = 50  # login attempts per address per window
+    failure_window = 300           # seconds
+
+    [store]
+    url = "postgresql://cockpit:PASSWORD@db.example/cockpit"   # default: sqlite in state_dir
+    state_dir = "/var/lib/cockpit-api"   # default: $XDG_STATE_HOME/cockpit-api
 
     [sim]
     scenario = "default"           # a name in scenarios/ or a file path
@@ -38,7 +45,12 @@ Example ``cockpit.toml``::
 
 Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
 ``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_JWT_SECRET``,
-``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``.
+``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``,
+``COCKPIT_STATE_DIR``, ``COCKPIT_STORE_URL``.
+
+``Settings()`` built in code (tests, embedding) has no state directory and an
+in-memory store; ``Settings.load`` (the CLI) fills in the state directory and
+the SQLite file in it, see :meth:`Settings.resolve_state`.
 """
 
 from __future__ import annotations
@@ -84,6 +96,9 @@ class Settings:
     refresh_ttl: int = 7 * 86400
     max_failures_per_user: int = 5
     max_failures_per_address: int = 50
+    failure_window: int = 300
+    state_dir: str | None = None
+    store_url: str | None = None
     scenario: str = "default"
     speed: float = 1.0
     clock_start: float | None = None
@@ -112,12 +127,34 @@ class Settings:
             if value is not None:
                 setattr(s, key, value)
         s._check()
+        s.resolve_state(os.environ if env is None else env)
         return s
+
+    def resolve_state(self, env: Any) -> None:
+        """The state directory (created 0700) and the store URL, when not given."""
+        if self.store_url is not None and self.state_dir is None:
+            return  # a database elsewhere: nothing to keep on this disk
+        if self.state_dir is None:
+            base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+            self.state_dir = str(Path(base) / "cockpit-api")
+        path = Path(self.state_dir)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"state directory {path}: {exc.strerror}") from None
+        if self.store_url is None:
+            from cockpit_api.store import default_url
+
+            self.store_url = default_url(path)
 
     def _apply_toml(self, data: dict[str, Any]) -> None:
         flat: dict[str, Any] = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
         for section in ("server", "auth", "sim", "libvirt"):
             flat.update(data.get(section, {}))
+        store = dict(data.get("store", {}))
+        if "url" in store:
+            store["store_url"] = store.pop("url")
+        flat.update(store)
         known = set(self.__dataclass_fields__) - {"hosts", "users"}
         for key, value in flat.items():
             if key not in known:
@@ -133,7 +170,8 @@ class Settings:
     def _apply_env(self, env: Any) -> None:
         for key, conv in (("backend", str), ("host", str), ("port", int), ("scenario", str),
                           ("speed", float), ("jwt_secret", str), ("token_ttl", int),
-                          ("refresh_ttl", int), ("state_file", str)):
+                          ("refresh_ttl", int), ("state_file", str), ("state_dir", str),
+                          ("store_url", str)):
             value = env.get(f"COCKPIT_{key.upper()}")
             if value is not None:
                 try:

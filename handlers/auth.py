@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from connexion import request
 from starlette.responses import Response
 
 from cockpit_api.auth import TokenPair
+from cockpit_api.state import audit_note
 from handlers._common import Json, no_content, ok, services
 
 
@@ -17,14 +20,15 @@ def _pair(pair: TokenPair) -> Response:
 
 async def login(body: Json) -> Response:
     client = request.client.host if request.client else "unknown"
+    audit_note(request.scope, actor=body["username"])  # the audit log names who tried
     pair = await services().auth.login_off_loop(body["username"], body["password"], client)
     return _pair(pair)
 
 
 async def refresh(body: Json) -> Response:
-    return _pair(services().auth.refresh(body["refresh_token"]))
+    return _pair(await asyncio.to_thread(services().auth.refresh, body["refresh_token"]))
 
 
 async def logout(body: Json) -> Response:
-    services().auth.logout(body["refresh_token"])
+    await asyncio.to_thread(services().auth.logout, body["refresh_token"])
     return no_content()

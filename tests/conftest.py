@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -12,6 +14,7 @@ from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.config import Settings
 from tests.lab_support import lab_env  # noqa: F401 - one lab per session for every lab module
+from tests.pg import Postgres, pg_bin, running_postgres
 
 T0 = 1_800_000_000.0
 SECRET = "test-secret-that-is-long-enough-for-every-hmac-algorithm-0123456789"
@@ -19,6 +22,38 @@ NODE1 = "019e0014-abcd-7057-b326-000000000001"
 NODE2 = "019e0014-ffff-7057-b326-000000000002"
 NODE3 = "019e0014-1a2b-7057-b326-000000000003"
 NODE4 = "019e0014-dead-7057-b326-000000000004"  # disconnected in the default scenario
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Servers started by tests keep their state in a temporary directory, never in $HOME."""
+    home = tmp_path_factory.mktemp("xdg-state")
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One real PostgreSQL for the session (skipped only when its binaries are absent)."""
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed: "
+                    "apt-get install postgresql (make test does it as root)")
+    with running_postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store on each engine: the same tests run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    pg: Postgres = request.getfixturevalue("postgres")
+    return pg.new_database()
 
 
 class FakeClock:

@@ -42,7 +42,7 @@ if shutil.which("libvirtd") is None or shutil.which("qemu-system-x86_64") is Non
 import httpx
 
 from cockpit_api.auth import hash_password
-from tests.lab_support import NODE1, NODE2, TIMINGS, domstate, freeze, lab, thaw  # noqa: E402
+from tests.lab_support import NODE1, NODE2, TIMINGS, domstate, freeze, lab, thaw
 from tests.libvirt_support import poll
 from tests.serving import free_port, serve_process
 
@@ -389,7 +389,7 @@ def test_a_daemon_fault_during_a_migration(srv: Served, lab_env: dict[str, str],
                                            side: str) -> None:
     s, node = srv, NODES[side]
     name = (NODE1, NODE2)[node - 1]
-    vm_id, mid = busy_migration(s)
+    _vm_id, mid = busy_migration(s)
     inflict(fault, node)
     t_fault = time.monotonic()
     try:
