@@ -251,6 +251,13 @@ class JobTable(Generic[J]):
     def values(self) -> list[J]:
         return list(self._jobs.values())
 
+    def remove(self, job_id: str, seq: int) -> None:
+        """Forget a job (one whose record the store refused)."""
+        key = f"{seq:012d}"
+        if self._jobs.pop(job_id, None) is not None:
+            self._by_key.pop(key, None)
+            self._keys.discard(key)
+
     def page(self, page: PageRequest, flt: MigrationFilter,
              snapshot: Callable[[J], Migration]) -> Page[Migration]:
         def keep(m: Migration) -> bool:

@@ -78,7 +78,7 @@ class CockpitApp:
         await self.inner(scope, receive, send)
 
 
-def build_backend(settings: Settings) -> Backend:
+def build_backend(settings: Settings, store: Store | None = None) -> Backend:
     if settings.backend == "sim":
         from backends import scenario
         from backends.sim import SimulatedBackend, VirtualClock
@@ -91,7 +91,7 @@ def build_backend(settings: Settings) -> Backend:
         raise ConfigError(
             "the libvirt backend needs libvirt-python: pip install -e '.[libvirt]' "
             f"(it builds against Debian's libvirt-dev) ({exc})") from None
-    return LibvirtBackend.from_settings(settings)
+    return LibvirtBackend.from_settings(settings, store=store)
 
 
 def _users(settings: Settings, backend: Backend) -> list[User]:
@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     cannot), or an in-memory store when none is set (apps built in code, tests)."""
     settings = settings or Settings()
     store = store if store is not None else open_store(settings.store_url or MEMORY_URL)
-    backend = backend or build_backend(settings)
+    backend = backend or build_backend(settings, store)
     auth = AuthService(
         _users(settings, backend),
         AuthSettings(settings.jwt_secret or None, settings.jwt_issuer, settings.jwt_audience,

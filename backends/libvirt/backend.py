@@ -39,8 +39,8 @@ from backends.base import (
     VmFilter,
 )
 from backends.inventory import Inventory
-from backends.libvirt import calls
-from backends.libvirt.hostids import HostIdError, load_host_ids
+from backends.libvirt import calls, durable
+from backends.libvirt.hostids import HostIdError
 from backends.libvirt.hosts import HostConfigLike, Hosts, HostState, Tuning
 from backends.libvirt.jobs import Job, Migrations
 from backends.libvirt.link import ensure_event_loop
@@ -49,6 +49,7 @@ from backends.libvirt.sampler import Sampler
 
 if TYPE_CHECKING:
     from cockpit_api.config import Settings
+    from cockpit_api.store import Store
 
 log = logging.getLogger("cockpit_api.libvirt")
 
@@ -76,11 +77,12 @@ class LibvirtBackend:
         queue_limit: int = 64,
         keepalive: tuple[int, int] | None = None,
         start_wait_seconds: float = 0.0,
+        store: Store | None = None,
     ) -> None:
         names = [h.name for h in hosts]
         if len(set(names)) != len(names):
             raise HostIdError(f"host names must be unique: {names}")
-        ids = load_host_ids(state_file, names)
+        ids = durable.host_ids(store, state_file, names)
         ensure_event_loop()
         reconnect_min = float(reconnect_min_seconds)
         tuning = Tuning(
@@ -99,7 +101,7 @@ class LibvirtBackend:
         jobs_by_vm: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.hosts = Hosts(hosts, ids, self._inv, self._metrics, tuning, self._spawn, jobs_by_vm)
-        self.migrations = Migrations(self.hosts, jobs_by_vm)
+        self.migrations = Migrations(self.hosts, jobs_by_vm, durable.Durable(store))
         # The per-migration bandwidth cap in MiB/s (0: none); read when a migration starts.
         self.migration_bandwidth_mib = int(migration_bandwidth_mib)
         self.sampler = Sampler(self.hosts, self.migrations, self._metrics)
@@ -107,7 +109,9 @@ class LibvirtBackend:
         self._started = False
         self._closed = False
         self.info = BackendInfo("libvirt", {
-            "hosts": names, "libvirt_version": libvirt.getVersion(), "state_file": str(state_file),
+            "hosts": names, "libvirt_version": libvirt.getVersion(),
+            **({"store": store.display_url} if store is not None else
+               {"state_file": str(state_file)}),
         })
 
     @property
@@ -123,7 +127,8 @@ class LibvirtBackend:
         return self.hosts.by_id
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> LibvirtBackend:
+    def from_settings(cls, settings: Settings, store: Store | None = None,
+                      **overrides: Any) -> LibvirtBackend:
         from cockpit_api.config import ConfigError
 
         if not settings.hosts:
@@ -135,6 +140,7 @@ class LibvirtBackend:
             "sample_seconds": settings.sample_seconds,
             "retention_seconds": settings.retention_seconds,
             "migration_bandwidth_mib": settings.migration_bandwidth_mib,
+            "store": store,
         }
         kwargs.update(overrides)
         try:
@@ -159,7 +165,9 @@ class LibvirtBackend:
         if self._started:
             return
         self._started, self._closed = True, False
+        await self.migrations.load()  # the records first: a VM they move is never re-adopted
         self.hosts.start()
+        self._spawn(self.migrations.records_loop())
         self._spawn(self.hosts.resync_loop())
         self._spawn(self.sampler.loop(self.tuning.sample_seconds))
         if self._start_wait > 0:
@@ -180,6 +188,9 @@ class LibvirtBackend:
             return
         self._closed = True
         self.hosts.closed = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await self.migrations.release_all()  # another replica may take over at once
         pending = set(self._tasks)
         for _ in range(20):  # cancel until every task is gone (bounded)
             if not pending:

@@ -45,7 +45,8 @@ from backends.base import (
     Unavailable,
 )
 from backends.inventory import JobTable
-from backends.libvirt import calls
+from backends.libvirt import calls, durable
+from backends.libvirt.durable import Durable
 from backends.libvirt.errors import ABORTED, HOST_DISCONNECTED, translate
 from backends.libvirt.hosts import Hosts, HostState
 from backends.libvirt.link import Link
@@ -70,6 +71,7 @@ class Job:
     remaining: int = 0
     percent: float = 0.0
     adopted: bool = False  # found running in libvirt, not started by this process
+    mirror: bool = False  # another replica drives it: shown from its record
     cancel_requested: bool = False
     ending: bool = False  # _finish has begun
     dest_lost: bool = False
@@ -119,8 +121,10 @@ def migration_flags(r: MigrationRequest) -> int:
 class Migrations:
     """The job table, the runs of the jobs started here and the watch over adopted ones."""
 
-    def __init__(self, hosts: Hosts, jobs_by_vm: dict[str, Job]) -> None:
+    def __init__(self, hosts: Hosts, jobs_by_vm: dict[str, Job],
+                 records: Durable | None = None) -> None:
         self.hosts = hosts
+        self.records = records or Durable(None)
         self.tuning = hosts.tuning
         self.jobs: JobTable[Job] = JobTable()
         self.by_vm = jobs_by_vm
@@ -184,9 +188,19 @@ class Migrations:
         if vm.status == "pmsuspended":
             raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
         job = self._new(vm.id, src, request)
+        try:
+            await self.records.create(job)  # the store's word: one unfinished job per VM
+        except Conflict:
+            self._forget(job)
+            raise
         hosts.recompute(vm.id)
         hosts.spawn(self._run(job))
         return job.snapshot()
+
+    def _forget(self, job: Job) -> None:
+        self.jobs.remove(job.id, job.seq)
+        if self.by_vm.get(job.vm_id) is job:
+            del self.by_vm[job.vm_id]
 
     async def _run(self, job: Job) -> None:
         src = self.hosts.by_id[job.source_host_id]
@@ -263,6 +277,8 @@ class Migrations:
             del self.by_vm[job.vm_id]
         self.hosts.recompute(job.vm_id)
         job.done.set()
+        if not job.mirror:
+            await self.records.finish(job)
         log.info("migration %s of %s: %s%s", job.id, job.vm_id, status,
                  f" ({error})" if error else "")
 
@@ -296,7 +312,22 @@ class Migrations:
         job.status, job.started_at = "running", job.created_at
         log.warning("migration of %s from %s to %s is running with no job here: adopted as %s",
                     uuid, src.name, dest.name, job.id)
-        self.hosts.spawn(self._watch(job))
+        self.hosts.spawn(self._record_adopted(job))
+
+    async def _record_adopted(self, job: Job) -> None:
+        """Give an adopted job its record; if the store holds one for the VM, that is the job."""
+        try:
+            await self.records.create(job)
+        except Conflict as conflict:
+            other = getattr(conflict, "job_id", None)
+            self._forget(job)
+            rec = await self.records.get(other) if other else None
+            if rec is not None:
+                self._mirror(rec)
+            return
+        except Exception as exc:  # the store is away: the job is watched all the same
+            log.warning("migration %s: no record written: %s", job.id, exc)
+        await self._watch(job)
 
     async def reconcile_now(self, vm_id: str) -> None:
         """If the VM's job is adopted and libvirt says it completed, end it now."""
@@ -349,9 +380,14 @@ class Migrations:
             try:
                 stats = await hosts.run(src, functools.partial(calls.job_stats, uuid=job.vm_id),
                                         "job stats", timeout=max(5.0, self.tuning.progress_seconds))
-                if calls.is_migrating_out(stats):
-                    job.take_progress(stats or {})
-                    return None
+            except Unavailable:
+                return None
+            except BackendError:
+                stats = None  # no job statistics here (the test driver): no migration job
+            if calls.is_migrating_out(stats):
+                job.take_progress(stats or {})
+                return None
+            try:
                 await hosts.refresh(src, job.vm_id)
             except BackendError:
                 return None
@@ -372,6 +408,90 @@ class Migrations:
         if hosts.connected(src):
             return over  # neither side runs it as migrating: over (the guest stopped)
         return None
+
+    # ------------------------------------------------------------ records (the store)
+
+    def _from_record(self, rec: Any) -> Job:
+        seq = next(self._seq)
+        job = Job(rec.id, seq, rec.vm_id, rec.source_host_id or "", durable.request_of(rec),
+                  rec.created_at)
+        durable.apply_record(job, rec)
+        return job
+
+    def _mirror(self, rec: Any) -> Job | None:
+        """Show a job another replica drives (or drove: the loop adopts it once its lease
+        has run out)."""
+        if rec.id in self.jobs or rec.source_host_id not in self.hosts.by_id or (
+                rec.request.get("destination_host_id") not in self.hosts.by_id):
+            return None
+        job = self._from_record(rec)
+        job.mirror = True
+        self.jobs.add(job, job.seq)
+        if rec.finished_at is None:
+            self.by_vm.setdefault(job.vm_id, job)
+            self.hosts.recompute(job.vm_id)
+        else:
+            job.done.set()
+        return job
+
+    async def load(self) -> None:
+        """On start, before any host: every record, the unfinished ones as mirrors."""
+        try:
+            async with asyncio.timeout(10):
+                records = await self.records.records()
+        except Exception as exc:
+            log.warning("job records not loaded: %s", exc)
+            return
+        for rec in records:
+            self._mirror(rec)
+
+    async def records_loop(self) -> None:
+        """Write back this replica's jobs, renew their leases, follow and adopt the others'."""
+        if not self.records.enabled:
+            return
+        renewed = 0.0
+        while True:
+            await asyncio.sleep(durable.FLUSH_SECONDS)
+            try:
+                await self.records.flush([j for j in self.by_vm.values() if not j.mirror])
+                if time.monotonic() - renewed >= durable.LEASE_SECONDS / 3:
+                    await self.records.renew()
+                    renewed = time.monotonic()
+                await self._follow()
+            except Exception as exc:  # the store is away for now: try again next round
+                log.warning("job records: %s", exc)
+
+    async def _follow(self) -> None:
+        unfinished = {rec.id: rec for rec in await self.records.unfinished()}
+        now = time.time()
+        for rec in unfinished.values():
+            job = self.jobs.get(rec.id) if rec.id in self.jobs else None
+            if job is None:
+                job = self._mirror(rec)
+            if job is None or not job.mirror:
+                continue
+            durable.apply_record(job, rec)
+            expired = rec.lease_owner is None or (rec.lease_expires_at or 0) <= now
+            if expired and await self.records.take_lease(rec.id):
+                job.mirror = False
+                log.warning("migration %s: its owner is gone; adopted here", job.id)
+                self.hosts.spawn(self._watch(job))
+        for job in [j for j in self.by_vm.values() if j.mirror and j.id not in unfinished]:
+            final = await self.records.get(job.id)  # it ended on the replica that drove it
+            if final is not None:
+                durable.apply_record(job, final)
+            if self.by_vm.get(job.vm_id) is job:
+                del self.by_vm[job.vm_id]
+            with contextlib.suppress(BackendError):
+                await self.hosts.refresh(self.hosts.by_id[job.source_host_id], job.vm_id)
+            self.hosts.recompute(job.vm_id)
+            job.done.set()
+
+    async def release_all(self) -> None:
+        """On a clean stop: hand this replica's running jobs over at once."""
+        for job in [j for j in self.by_vm.values() if not j.mirror]:
+            with contextlib.suppress(Exception):
+                await self.records.release(job.id)
 
     # ------------------------------------------------------------ cancel
 
