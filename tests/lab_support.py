@@ -7,6 +7,7 @@ Nothing here imports libvirt.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -35,6 +36,25 @@ def lab(*args: str) -> str:
 
 @pytest.fixture(scope="session")
 def lab_env() -> Iterator[dict[str, str]]:
+    # One lab per machine (fixed netns names): a second session waits for the first
+    # instead of tearing its lab down under it (`up` first removes any earlier lab).
+    lock = open("/tmp/cockpit-lab.lock", "w")  # noqa: SIM115 - held for the whole session
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.skip("another session holds the libvirt lab (/tmp/cockpit-lab.lock)")
+            time.sleep(1)  # polling another process's lock, bounded by the deadline
+    try:
+        yield from _lab_session()
+    finally:
+        lock.close()
+
+
+def _lab_session() -> Iterator[dict[str, str]]:
     t0 = time.monotonic()
     out = lab("up")
     TIMINGS["lab_up_s"] = round(time.monotonic() - t0, 3)
