@@ -136,7 +136,8 @@ class Served:
 
 @contextlib.contextmanager
 def served_lab(lab_env: dict[str, str], tmp_path: Path, *, bandwidth: int = 20,
-               wait_ready: bool = True) -> Iterator[Served]:
+               wait_ready: bool = True, store: str | None = None) -> Iterator[Served]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "cockpit.toml"
     config.write_text(
         'backend = "libvirt"\n\n[libvirt]\n'
@@ -148,7 +149,8 @@ def served_lab(lab_env: dict[str, str], tmp_path: Path, *, bandwidth: int = 20,
         'role = "admin"\n', encoding="utf-8")
     port = free_port()
     argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--config", str(config),
-            "--port", str(port), "--log-level", "warning", "--state-dir", str(tmp_path)]
+            "--port", str(port), "--log-level", "warning", "--state-dir", str(tmp_path),
+            *(["--store", store] if store else [])]
     t0 = time.monotonic()
     with serve_process(argv, port) as server:
         TIMINGS.setdefault("serve_ready_s", []).append(round(time.monotonic() - t0, 3))
@@ -492,4 +494,36 @@ def test_the_api_killed_mid_migration_and_started_again(lab_env: dict[str, str],
         MATRIX["API SIGKILL during, restarted"] = {
             "listed_after_kill_s": adopted, "job_after_restart": "running (same id, its record)",
             "cancel_to_final_s": cancelled, "outcome": "cancelled"}
+        TIMINGS["matrix"] = MATRIX
+
+
+def test_two_replicas_share_a_migration_and_one_adopts_it_when_the_owner_dies(
+        lab_env: dict[str, str], tmp_path: Path, postgres: Any) -> None:
+    """Two servers on one PostgreSQL in front of the same lab: B shows A's migration with
+    live progress and refuses a second one; A is killed; B takes the job over once A's
+    lease runs out (LEASE_SECONDS) and cancels it."""
+    url = postgres.new_database()
+    with served_lab(lab_env, tmp_path / "a", store=url) as a, \
+            served_lab(lab_env, tmp_path / "b", store=url) as b:
+        assert a.ids == b.ids  # one id per host name, from the store
+        vm_id, mid = busy_migration(a)
+        poll(lambda: b.vm("lab-vm-busy")["migration_id"] == mid, timeout=10, interval=0.05)
+        first = b.job(mid)["progress"]["data_processed_bytes"]
+        poll(lambda: b.job(mid)["progress"]["data_processed_bytes"] > first, timeout=10)
+        r = b.post(f"/vms/{vm_id}/migrate", {"destination_host_id": b.ids[NODE2]})
+        assert (r.status_code, r.json()["code"]) == (409, "vm_migrating"), r.text
+        os.kill(a.pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        poll(lambda: f"migration {mid}: its owner is gone; adopted here" in b.log(),
+             timeout=20, interval=0.1)
+        adopted = round(time.monotonic() - t_kill, 3)
+        assert adopted < 10 + 2 + 2  # LEASE_SECONDS + a follow round + slack
+        moved = b.job(mid)["progress"]["data_processed_bytes"]
+        poll(lambda: b.job(mid)["progress"]["data_processed_bytes"] > moved, timeout=10)
+        r = b.post(f"/migrations/{mid}/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        assert_where(b, lab_env, "lab-vm-busy", NODE1)
+        b.place("lab-vm-busy", NODE1, "shutoff")
+        MATRIX["replica A SIGKILL during, B on the same store"] = {
+            "adopted_by_b_after_kill_s": adopted, "outcome": "cancelled from B"}
         TIMINGS["matrix"] = MATRIX
