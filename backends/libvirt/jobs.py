@@ -190,7 +190,7 @@ class Migrations:
         job = self._new(vm.id, src, request)
         try:
             await self.records.create(job)  # the store's word: one unfinished job per VM
-        except Conflict:
+        except BaseException:  # refused (409), or the store is away (503): no job then
             self._forget(job)
             raise
         hosts.recompute(vm.id)
