@@ -77,6 +77,8 @@ HOSTILE: list[Hostile] = [
             deep(50_000)),
     Hostile("33 levels in a property", "POST", f"{API}/auth/login", 400, "invalid_json",
             b'{"username": ' + deep(33) + b', "password": "x"}'),
+    Hostile("brackets in a string are not nesting", "POST", f"{API}/auth/login", 401,
+            "bad_credentials", _b({"username": "[{" * 60, "password": "x"})),
     *[Hostile(f"no Content-Type: {n}", "POST", API + p, 415, "unsupported_media_type",
               LOGIN, headers={}) for n, p in BODY_OPS],
     Hostile("text/plain login", "POST", f"{API}/auth/login", 415, "unsupported_media_type",
@@ -384,3 +386,43 @@ def test_hash_password_reads_a_pipe(tmp_path: Path) -> None:
                          input="s3cret\n", capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     assert verify_password("s3cret", run.stdout.strip())
+
+
+@pytest.mark.parametrize("env", [{"COCKPIT_MAX_BODY_BYTES": "1MB"}, {"COCKPIT_BODY_TIMEOUT": "nan"},
+                                 {"COCKPIT_HEADER_TIMEOUT": "inf"}, {"COCKPIT_MAX_HEADERS": "0"},
+                                 {"COCKPIT_MAX_JSON_DEPTH": "5000"}])
+def test_limits_must_be_sane(env: dict[str, str]) -> None:
+    from cockpit_api.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError):
+        Settings.load(env=env)
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
+    import asyncio
+    from typing import Any
+
+    from cockpit_api.limits import BodyLimits, RequestLimits
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not be reached")
+
+    async def run() -> list[Any]:
+        sent: list[Any] = []
+        never = asyncio.Event()
+
+        async def receive() -> Any:
+            await never.wait()  # a client that announced a body and sends nothing
+            return {}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": f"{API}/auth/login",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"9")]}
+        await RequestLimits(app, BodyLimits(body_timeout=0.05))(scope, receive, send)
+        return sent
+
+    start, body = asyncio.run(run())
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    assert json.loads(body["body"])["code"] == "request_timeout"
