@@ -128,6 +128,15 @@ def on_connexion_problem(request: ConnexionRequest, exc: Exception) -> Connexion
                        errors=exc.errors)
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     code = None
+    if exc.status >= 500:
+        # E.g. a response that fails its schema (--validate-responses): the validator's text
+        # is for the log, not the client.
+        log.error("%s on %s: %s", exc.status, _path(request), excerpt(detail, 2000))
+        return problem(exc.status, "the server failed to handle this request; it was logged",
+                       instance=_path(request), headers=dict(exc.headers or {}))
+    if detail == "RequestBody is required":  # Connexion's words for an empty body
+        return problem(400, "/body: is required", instance=_path(request),
+                       errors=[{"pointer": "/body", "detail": "is required"}])
     if exc.status == 401:
         code = "missing_token" if "No authorization token" in detail else "invalid_token"
     elif exc.status == 415:

@@ -114,6 +114,8 @@ HOSTILE: list[Hostile] = [
             _b({"action": fill(500)}), pointer="/body/action"),
     Hostile("long fault message", "POST", "/_sim/faults", 400, "bad_request",
             _b({"operation": "action", "message": fill(600)}), pointer="/body/message"),
+    Hostile("empty body", "POST", f"{API}/vms/{VM}/action", 400, "bad_request", b"",
+            pointer="/body"),
     # Cursors belong to their list; metric windows run forward.
     Hostile("garbage cursor", "GET", f"{API}/vms?cursor=garbage", 400, "invalid_cursor"),
     Hostile("a /vms cursor on /hosts", "GET", f"{API}/hosts?cursor={{vms_cursor}}", 400,
