@@ -178,7 +178,7 @@ class Hosts:
                 log.warning("host %s: no answer from %s within %g s; still waiting", h.name,
                             h.uri, self.tuning.connect_timeout)
                 info = await link.opened  # the same attempt: one thread per frozen host
-        except libvirt.libvirtError as exc:
+        except Exception as exc:  # libvirtError mostly; any failure is one failed attempt
             log.info("host %s: cannot connect to %s: %s", h.name, h.uri, translate(exc).detail)
             link.close()
             return False
