@@ -399,6 +399,14 @@ class AuthService:
             raise AuthError("the token is not valid: sid and sub must be strings")
         return claims
 
+    def session_active(self, claims: dict[str, Any]) -> bool:
+        """False once the login session the token belongs to was logged out (or revoked).
+
+        For long-lived streams, which verified their token once at the start.
+        """
+        sid = claims.get("sid")
+        return sid is None or sid not in self._revoked
+
     def actor(self, token: str) -> dict[str, Any] | None:
         """The claims of a token if it verifies, else None (for the audit log)."""
         try:

@@ -151,7 +151,8 @@ async def test_sim_reset_clears_throttling(http: httpx.AsyncClient) -> None:
 # ----------------------------------------------------------- sessions
 
 
-async def test_logout_revokes_the_sessions_access_tokens(http: httpx.AsyncClient) -> None:
+async def test_logout_revokes_the_sessions_access_tokens(app: CockpitApp,
+                                                         http: httpx.AsyncClient) -> None:
     mine, other = await _login(http), await _login(http)
     refreshed = (await http.post(f"{B}/auth/refresh",
                                  json={"refresh_token": mine["refresh_token"]})).json()
@@ -163,6 +164,11 @@ async def test_logout_revokes_the_sessions_access_tokens(http: httpx.AsyncClient
         r = await http.get(f"{B}/vms", headers=_bearer(token))
         assert r.status_code == 401 and r.json()["code"] == "invalid_token"
         assert "session has ended" in r.json()["detail"]
+    auth = app.services.auth  # what long-lived streams ask
+    claims = auth.verify(other["token"])
+    assert auth.session_active(claims)
+    ended = jwt.decode(mine["token"], options={"verify_signature": False})["sid"]
+    assert not auth.session_active({**claims, "sid": ended})
     # Another session of the same user is untouched.
     assert (await http.get(f"{B}/vms", headers=_bearer(other["token"]))).status_code == 200
 
