@@ -136,6 +136,8 @@ class AuthSettings:
     revocation_poll: float = 1.0
     # Clock difference tolerated between replicas on ``exp``.
     leeway: int = 30
+    # How long audit entries are kept (the upkeep below prunes them too).
+    audit_retention: int = 90 * 86400
 
 
 def _config_kid(secret: str) -> str:
@@ -317,6 +319,7 @@ class AuthService:
         keep = s.token_ttl + s.leeway  # an access token of a revoked session may live as long
         self.store.prune_sessions(now, keep_revoked=keep)
         self.store.prune_throttling(now - s.failure_window)
+        self.store.prune_audit(now - s.audit_retention)
         if s.secret is None:
             self._load_keys()  # a key rotated elsewhere (cockpit-api rotate-key, a replica)
         self._revoked = {sid: at for sid, at in self._revoked.items() if at > now - keep}

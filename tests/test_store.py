@@ -325,6 +325,8 @@ def test_audit_pages_newest_first(store: SqlStore) -> None:
     assert page[0].request_id == "r4" and page[0].actor == "admin"
     rest = store.audit_page(10, before=page[-1].id)
     assert [e.id for e in rest] == ids[2::-1]
+    assert store.prune_audit(T + 2) == 2
+    assert [e.id for e in store.audit_page(10)] == ids[:1:-1]
 
 
 # ------------------------------------------------------- losing the database

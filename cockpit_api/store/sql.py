@@ -526,6 +526,11 @@ class SqlStore:
         return new_id
 
     @_unavailable
+    def prune_audit(self, before: float) -> int:
+        with self._tx() as conn:
+            return conn.execute(audit.delete().where(audit.c.at < before)).rowcount
+
+    @_unavailable
     def audit_page(self, limit: int, before: int | None = None) -> list[AuditEntry]:
         q = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
         if before is not None:
