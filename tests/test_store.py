@@ -102,6 +102,15 @@ def test_a_second_open_finds_the_same_data(store_url: str) -> None:
     b.close()
 
 
+def test_replicas_starting_together_migrate_once(store_url: str) -> None:
+    stores = _together(4, lambda _i: open_store(store_url))
+    assert all(isinstance(s, SqlStore) for s in stores), stores
+    stores[0].kv_set("k", "v", T)
+    assert {s.kv_get("k") for s in stores} == {"v"}
+    for s in stores:
+        s.close()
+
+
 def test_bad_urls_are_one_line_errors_without_the_password() -> None:
     with pytest.raises(StoreError, match="neither sqlite") as info:
         open_store("mysql://u:hunter2@h/db")
