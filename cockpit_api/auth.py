@@ -119,6 +119,8 @@ class TokenPair:
     token: str
     refresh_token: str
     expires_in: int
+    username: str = ""  # whose session (for the audit log; not sent)
+    role: str = ""
 
 
 @dataclass
@@ -246,7 +248,8 @@ class AuthService:
         refresh = f"{family}.{secrets.token_urlsafe(32)}"
         self.store.create_session(Session(family, sid, user.username, now, now + s.refresh_ttl),
                                   _digest(refresh))
-        return TokenPair(self._access_token(user, sid, now), refresh, s.token_ttl)
+        return TokenPair(self._access_token(user, sid, now), refresh, s.token_ttl,
+                         user.username, user.role)
 
     async def login_off_loop(self, username: str, password: str, client: str) -> TokenPair:
         """:meth:`login` in a worker thread: scrypt takes ~30 ms on purpose, the store a bit."""
@@ -278,18 +281,22 @@ class AuthService:
         if user is None:
             self._revoke(family, now, "user_removed")
             raise AuthError("the user no longer exists", "invalid_refresh_token")
-        return TokenPair(self._access_token(user, rot.session.sid, now), new, s.token_ttl)
+        return TokenPair(self._access_token(user, rot.session.sid, now), new, s.token_ttl,
+                         user.username, user.role)
 
-    def logout(self, refresh_token: str) -> None:
-        """End the token's session: its refresh token and its access tokens."""
+    def logout(self, refresh_token: str) -> str | None:
+        """End the token's session: its refresh token and its access tokens. Whose it was."""
         family, dot, _ = refresh_token.partition(".")
         if dot and family:
-            self._revoke(family, self.clock(), "logout")
+            return self._revoke(family, self.clock(), "logout")
+        return None
 
-    def _revoke(self, family: str, now: float, reason: str) -> None:
+    def _revoke(self, family: str, now: float, reason: str) -> str | None:
         session = self.store.revoke_session(family, now, reason)
-        if session is not None:
-            self._revoked[session.sid] = now
+        if session is None:
+            return None
+        self._revoked[session.sid] = now
+        return session.username
 
     def _access_token(self, user: User, sid: str, now: float) -> str:
         s = self.settings

@@ -317,7 +317,7 @@ async def test_every_write_is_audited(app: CockpitApp) -> None:
     seen = [(e["operation"], e["status"], e["actor"]) for e in entries]
     assert seen == [
         ("vm_action", 401, None),
-        ("refresh", 200, None),
+        ("refresh", 200, "admin"),
         ("reset", 200, "admin"),
         ("vm_action", 409, "admin"),
         ("vm_action", 200, "admin"),
