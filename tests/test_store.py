@@ -119,6 +119,11 @@ def test_bad_urls_are_one_line_errors_without_the_password() -> None:
         open_store("postgresql://u:hunter2@127.0.0.1:1/db")
     assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
     assert display_url("postgresql://u:hunter2@h/db") == "postgresql://u:***@h/db"
+    # A driver that echoes a connection option equal to the password does not show it.
+    with pytest.raises(StoreError) as info:
+        open_store("postgresql://u:hunter2@127.0.0.1:1/db?sslmode=hunter2")
+    driver_said = str(info.value).split("cannot be opened:")[1]
+    assert "hunter2" not in driver_said and "***" in driver_said
 
 
 # ------------------------------------------------------------- signing keys
