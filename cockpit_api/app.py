@@ -139,7 +139,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         _users(settings, backend),
         AuthSettings(settings.jwt_secret or None, settings.jwt_issuer, settings.jwt_audience,
                      settings.token_ttl, settings.refresh_ttl, settings.max_failures_per_user,
-                     settings.max_failures_per_address, settings.failure_window),
+                     settings.max_failures_per_address, settings.failure_window,
+                     audit_retention=settings.audit_retention_days * 86400),
         clock=auth_clock, store=store,
     )
     services = Services(backend, auth, settings, store)

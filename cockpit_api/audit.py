@@ -127,7 +127,10 @@ class Auditor:
             claims = services.auth.actor(auth[7:].strip())
             if claims is not None:
                 actor, role = claims["sub"], claims["role"]
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or None
+        # The request id the request middleware settled on (the client's valid
+        # X-Request-Id or one it made), else the client's header as sent.
+        request_id = scope.get("cockpit.request_id") or \
+            headers.get(b"x-request-id", b"").decode("latin-1")[:128] or None
         client = scope.get("client")
         entry = AuditEntry(at=self._clock(), operation=operation, method=scope["method"],
                            path=path, status=status,

@@ -119,6 +119,8 @@ class TokenPair:
     token: str
     refresh_token: str
     expires_in: int
+    username: str = ""  # whose session (for the audit log; not sent)
+    role: str = ""
 
 
 @dataclass
@@ -136,6 +138,8 @@ class AuthSettings:
     revocation_poll: float = 1.0
     # Clock difference tolerated between replicas on ``exp``.
     leeway: int = 30
+    # How long audit entries are kept (the upkeep below prunes them too).
+    audit_retention: int = 90 * 86400
 
 
 def _config_kid(secret: str) -> str:
@@ -244,7 +248,8 @@ class AuthService:
         refresh = f"{family}.{secrets.token_urlsafe(32)}"
         self.store.create_session(Session(family, sid, user.username, now, now + s.refresh_ttl),
                                   _digest(refresh))
-        return TokenPair(self._access_token(user, sid, now), refresh, s.token_ttl)
+        return TokenPair(self._access_token(user, sid, now), refresh, s.token_ttl,
+                         user.username, user.role)
 
     async def login_off_loop(self, username: str, password: str, client: str) -> TokenPair:
         """:meth:`login` in a worker thread: scrypt takes ~30 ms on purpose, the store a bit."""
@@ -276,18 +281,22 @@ class AuthService:
         if user is None:
             self._revoke(family, now, "user_removed")
             raise AuthError("the user no longer exists", "invalid_refresh_token")
-        return TokenPair(self._access_token(user, rot.session.sid, now), new, s.token_ttl)
+        return TokenPair(self._access_token(user, rot.session.sid, now), new, s.token_ttl,
+                         user.username, user.role)
 
-    def logout(self, refresh_token: str) -> None:
-        """End the token's session: its refresh token and its access tokens."""
+    def logout(self, refresh_token: str) -> str | None:
+        """End the token's session: its refresh token and its access tokens. Whose it was."""
         family, dot, _ = refresh_token.partition(".")
         if dot and family:
-            self._revoke(family, self.clock(), "logout")
+            return self._revoke(family, self.clock(), "logout")
+        return None
 
-    def _revoke(self, family: str, now: float, reason: str) -> None:
+    def _revoke(self, family: str, now: float, reason: str) -> str | None:
         session = self.store.revoke_session(family, now, reason)
-        if session is not None:
-            self._revoked[session.sid] = now
+        if session is None:
+            return None
+        self._revoked[session.sid] = now
+        return session.username
 
     def _access_token(self, user: User, sid: str, now: float) -> str:
         s = self.settings
@@ -317,6 +326,7 @@ class AuthService:
         keep = s.token_ttl + s.leeway  # an access token of a revoked session may live as long
         self.store.prune_sessions(now, keep_revoked=keep)
         self.store.prune_throttling(now - s.failure_window)
+        self.store.prune_audit(now - s.audit_retention)
         if s.secret is None:
             self._load_keys()  # a key rotated elsewhere (cockpit-api rotate-key, a replica)
         self._revoked = {sid: at for sid, at in self._revoked.items() if at > now - keep}
@@ -398,6 +408,14 @@ class AuthService:
         if not isinstance(claims["sid"], str) or not isinstance(claims["sub"], str):
             raise AuthError("the token is not valid: sid and sub must be strings")
         return claims
+
+    def session_active(self, claims: dict[str, Any]) -> bool:
+        """False once the login session the token belongs to was logged out (or revoked).
+
+        For long-lived streams, which verified their token once at the start.
+        """
+        sid = claims.get("sid")
+        return sid is None or sid not in self._revoked
 
     def actor(self, token: str) -> dict[str, Any] | None:
         """The claims of a token if it verifies, else None (for the audit log)."""

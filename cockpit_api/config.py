@@ -20,6 +20,7 @@ Example ``cockpit.toml``::
     [store]
     url = "postgresql://cockpit:PASSWORD@db.example/cockpit"   # default: sqlite in state_dir
     state_dir = "/var/lib/cockpit-api"   # default: $XDG_STATE_HOME/cockpit-api
+    audit_retention_days = 90
 
     [limits]                       # hostile input (README "Limits")
     max_body_bytes = 1048576       # larger bodies: 413, never read past this
@@ -113,6 +114,7 @@ class Settings:
     max_failures_per_user: int = 5
     max_failures_per_address: int = 50
     failure_window: int = 300
+    audit_retention_days: int = 90
     state_dir: str | None = None
     store_url: str | None = None
     scenario: str = "default"

@@ -8,6 +8,7 @@ import binascii
 
 from starlette.responses import Response
 
+from backends.base import InvalidArgument
 from cockpit_api.store import AuditEntry
 from handlers._common import Json, iso, ok, require_admin, services
 
@@ -19,20 +20,21 @@ def _cursor(entry_id: int) -> str:
 
 
 def _before(cursor: str | None) -> int | None:
-    """The entry id a cursor continues before; a cursor we did not issue reads as the start.
+    """The entry id a cursor continues before; 400 ``invalid_cursor`` for any other cursor.
 
-    Like the other lists (backends.base.PageRequest), a well-formed cursor is never
-    refused; when the lists start answering 400 invalid_cursor, this one follows.
+    Like the other lists' (backends.base.PageRequest): a cursor names its list, and one
+    this list did not issue is refused rather than read as some position.
     """
     if cursor is None:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text.startswith(_PREFIX):
+        if text.startswith(_PREFIX) and text[len(_PREFIX):].isdigit():
             return int(text[len(_PREFIX):])
     except (binascii.Error, ValueError, UnicodeDecodeError):
         pass
-    return None
+    raise InvalidArgument("the cursor was not issued for the audit log: pass the "
+                          "next_cursor of its previous page, or none", code="invalid_cursor")
 
 
 def _entry(e: AuditEntry) -> Json:

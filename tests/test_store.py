@@ -102,6 +102,15 @@ def test_a_second_open_finds_the_same_data(store_url: str) -> None:
     b.close()
 
 
+def test_replicas_starting_together_migrate_once(store_url: str) -> None:
+    stores = _together(4, lambda _i: open_store(store_url))
+    assert all(isinstance(s, SqlStore) for s in stores), stores
+    stores[0].kv_set("k", "v", T)
+    assert {s.kv_get("k") for s in stores} == {"v"}
+    for s in stores:
+        s.close()
+
+
 def test_bad_urls_are_one_line_errors_without_the_password() -> None:
     with pytest.raises(StoreError, match="neither sqlite") as info:
         open_store("mysql://u:hunter2@h/db")
@@ -110,6 +119,11 @@ def test_bad_urls_are_one_line_errors_without_the_password() -> None:
         open_store("postgresql://u:hunter2@127.0.0.1:1/db")
     assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
     assert display_url("postgresql://u:hunter2@h/db") == "postgresql://u:***@h/db"
+    # A driver that echoes a connection option equal to the password does not show it.
+    with pytest.raises(StoreError) as info:
+        open_store("postgresql://u:hunter2@127.0.0.1:1/db?sslmode=hunter2")
+    driver_said = str(info.value).split("cannot be opened:")[1]
+    assert "hunter2" not in driver_said and "***" in driver_said
 
 
 # ------------------------------------------------------------- signing keys
@@ -325,6 +339,8 @@ def test_audit_pages_newest_first(store: SqlStore) -> None:
     assert page[0].request_id == "r4" and page[0].actor == "admin"
     rest = store.audit_page(10, before=page[-1].id)
     assert [e.id for e in rest] == ids[2::-1]
+    assert store.prune_audit(T + 2) == 2
+    assert [e.id for e in store.audit_page(10)] == ids[:1:-1]
 
 
 # ------------------------------------------------------- losing the database

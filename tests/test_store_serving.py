@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.pg import Postgres
 from tests.serving import ROOT, free_port, served
@@ -41,19 +42,27 @@ def _eventually(check: Callable[[], bool], seconds: float = 15.0) -> None:
         time.sleep(0.1)
 
 
-def test_a_restart_keeps_sessions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_restart_keeps_sessions(tmp_path: Path, engine: str,
+                                  request: pytest.FixtureRequest) -> None:
+    # SQLite: the default file in the state directory; PostgreSQL: --store.
     env = {**NO_SECRET, "COCKPIT_STATE_DIR": str(tmp_path / "state")}
-    with served("--speed", "0", env=env) as base:
+    args = ["--speed", "0"]
+    if engine == "postgresql":
+        pg: Postgres = request.getfixturevalue("postgres")
+        args += ["--store", pg.new_database()]
+    with served(*args, env=env) as base:
         pair = _login(base)
         assert _get_vms(base, pair["token"]) == 200
-    with served("--speed", "0", env=env) as base:
+    with served(*args, env=env) as base:
         # The old access token verifies (the key is in the store), the refresh token works.
         assert _get_vms(base, pair["token"]) == 200
         r = httpx.post(f"{base}{B}/auth/refresh", json={"refresh_token": pair["refresh_token"]},
                        timeout=30)
         assert r.status_code == 200, r.text
         assert _get_vms(base, r.json()["token"]) == 200
-    assert sorted(p.name for p in (tmp_path / "state").iterdir())[0] == "store.db"
+    if engine == "sqlite":
+        assert sorted(p.name for p in (tmp_path / "state").iterdir())[0] == "store.db"
 
 
 def test_serve_with_no_options_writes_only_its_state_dir(tmp_path: Path) -> None:

@@ -257,6 +257,7 @@ class Store(Protocol):
 
     # ---- audit log
     def audit_append(self, entry: AuditEntry) -> int: ...
+    def prune_audit(self, before: float) -> int: ...
 
     def audit_page(self, limit: int, before: int | None = None) -> list[AuditEntry]:
         """Newest first; ``before`` is an entry id (exclusive) to page backwards."""

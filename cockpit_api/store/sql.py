@@ -65,10 +65,17 @@ def display_url(url: str) -> str:
         return "<unparsable store URL>"
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, secret: str | None = None) -> str:
+    """The driver's first line, with the URL's password masked should a driver echo it."""
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()
-    return text[0] if text else type(orig).__name__
+    line = text[0] if text else type(orig).__name__
+    return line.replace(secret, "***") if secret else line
+
+
+def _secret(args: Any) -> str | None:
+    store = args[0] if args else None
+    return getattr(store, "_password", None)
 
 
 def _unavailable(fn: Callable[P, R]) -> Callable[P, R]:
@@ -79,11 +86,11 @@ def _unavailable(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            log.error("store unavailable: %s", _one_line(exc))
+            log.error("store unavailable: %s", _one_line(exc, _secret(args)))
             raise StoreUnavailable() from None
         except sa_exc.DBAPIError as exc:
             if exc.connection_invalidated:
-                log.error("store connection lost: %s", _one_line(exc))
+                log.error("store connection lost: %s", _one_line(exc, _secret(args)))
                 raise StoreUnavailable() from None
             raise
 
@@ -100,6 +107,7 @@ class SqlStore:
         except sa_exc.ArgumentError:
             raise StoreError(f"the store URL {self.display_url} is not a database URL "
                              "(sqlite:///PATH or postgresql://USER@HOST/DB)") from None
+        self._password = parsed.password or None
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             self.kind = "sqlite"
@@ -126,7 +134,7 @@ class SqlStore:
         except (sa_exc.DBAPIError, OSError) as exc:
             self.engine.dispose()
             raise StoreError(f"the store {self.display_url} cannot be opened: "
-                             f"{_one_line(exc)}") from None
+                             f"{_one_line(exc, self._password)}") from None
 
     @staticmethod
     def _sqlite_engine(parsed: sa.URL) -> Engine:
@@ -524,6 +532,11 @@ class SqlStore:
                 method=e.method, path=e.path[:2000], status=e.status,
                 request_id=e.request_id).returning(audit.c.id)).scalar_one()
         return new_id
+
+    @_unavailable
+    def prune_audit(self, before: float) -> int:
+        with self._tx() as conn:
+            return conn.execute(audit.delete().where(audit.c.at < before)).rowcount
 
     @_unavailable
     def audit_page(self, limit: int, before: int | None = None) -> list[AuditEntry]:
