@@ -17,17 +17,18 @@ banner = logging.getLogger("cockpit_api.serve")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from cockpit_api.app import create_app
-
     settings = Settings.load(
         args.config, backend=args.backend, scenario=args.scenario, host=args.host,
         port=args.port, speed=args.speed, validate_responses=args.validate_responses or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, log_format=args.log_format,
         access_log=args.access_log or None,
     )
+    # Before importing the app: its imports can warn, and warnings are log records too.
     logs.configure(settings.log_format, args.log_level)
+    import uvicorn
+
+    from cockpit_api.app import create_app
+
     app = create_app(settings)
     scheme = "https" if settings.tls_cert else "http"
     base = f"{scheme}://{settings.host}:{settings.port}"

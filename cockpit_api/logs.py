@@ -74,6 +74,7 @@ def configure(fmt: str = "text", level: str | int = "INFO") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.captureWarnings(True)  # a warning is one more line in the same format
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         # uvicorn's own handlers are not installed (log_config=None): let them reach ours.
         logging.getLogger(name).handlers.clear()
