@@ -30,7 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from backends.base import Backend, BackendError, PageRequest
-from cockpit_api import problems
+from cockpit_api import logs, problems
 from cockpit_api.access import AccessMiddleware
 from cockpit_api.auth import (
     AuthError,
@@ -142,6 +142,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     if hasattr(backend, "call_observer"):  # the libvirt backend times its calls through it
         setattr(backend, "call_observer", services.metrics.observe_libvirt_call)  # noqa: B010
 
+    writer = logs.access_writer(settings.log_format) if settings.access_log else None
+
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         await backend.start()
@@ -151,6 +153,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         finally:
             services.started = False
             await backend.close()
+            if writer is not None:
+                writer.flush()
 
     app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan)
     # Explicit base paths: Connexion orders its mounts by them before reading the specs'
@@ -185,8 +189,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_error_handler(HTTPException, problems.on_http_exception)
     app.add_error_handler(UnicodeDecodeError, problems.on_bad_encoding)
     app.add_error_handler(Exception, problems.on_unexpected)
-    return CockpitApp(AccessMiddleware(app, services, log_requests=settings.access_log),
-                      services, sleep)
+    return CockpitApp(AccessMiddleware(app, services, access_log=writer), services, sleep)
 
 
 async def _backend_ready(services: Services) -> str | None:

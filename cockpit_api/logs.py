@@ -6,7 +6,8 @@ a log line written deep in a handler or a backend still names its request
 without the id being passed down. A context variable is per task, not shared
 state: two app instances in one process never see each other's ids.
 
-Access-log records (logger ``cockpit_api.access``, cockpit_api/access.py) add
+Access-log lines (``cockpit_api.access``: written by :class:`JsonAccessLog` or
+:class:`TextAccessLog` for cockpit_api/access.py) add
 ``method``, ``path`` (never the query string: it can carry an event-feed
 ticket), ``operation``, ``status``, ``duration_ms`` and ``user``. Nothing here
 logs request bodies, query values, passwords or tokens.
@@ -14,10 +15,13 @@ logs request bodies, query values, passwords or tokens.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -26,6 +30,7 @@ current_request_id: ContextVar[str | None] = ContextVar("cockpit_request_id", de
 # Attributes an access-log record carries (``extra=``), in the order they are written.
 ACCESS_FIELDS = ("method", "path", "operation", "status", "duration_ms", "user")
 FORMATS = ("text", "json")
+ACCESS_LOGGER = "cockpit_api.access"
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,7 +65,77 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         rid = getattr(record, "request_id", None) or current_request_id.get()
-        return f"{line} [{rid}]" if rid and record.name != "cockpit_api.access" else line
+        return f"{line} [{rid}]" if rid and record.name != ACCESS_LOGGER else line
+
+
+
+
+
+class JsonAccessLog:
+    """Writes access lines in :class:`JsonFormatter`'s shape to stderr, a few at a time.
+
+    Through the logging module a record costs ~50 us on this project's machine
+    (caller lookup, LogRecord, handler locks, datetime formatting), and a write
+    to stderr is a system call per line (~5 us here): together a fifth of a GET
+    /vms. This builds the same object with one orjson call, formats the time's
+    seconds once a second, and writes lines in batches: at 64 lines, or 0.1 s
+    after the first one waiting, whichever comes first (``flush`` at shutdown),
+    so a line may show up to 0.1 s late or out of order with other loggers'.
+    Opt-in (``access_log``), so it does not follow ``--log-level``.
+    """
+
+    BATCH = 64
+    DELAY = 0.1
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._stamp = ""
+        self._pending: list[bytes] = []
+
+    def __call__(self, fields: dict[str, Any]) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        self._pending.append(orjson.dumps({
+            "time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
+            "logger": ACCESS_LOGGER,
+            "message": f"{fields['method']} {fields['path']} {fields['status']}",
+            **{k: v for k, v in fields.items() if v is not None}}))
+        if len(self._pending) >= self.BATCH:
+            self.flush()
+        elif len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_later(self.DELAY, self.flush)
+            except RuntimeError:  # no loop (a direct call): no batching
+                self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            # sys.stderr looked up each time, so that redirections (pytest's) apply.
+            sys.stderr.write(b"\n".join(lines).decode() + "\n")
+            sys.stderr.flush()
+
+
+class TextAccessLog:
+    """Access lines as records on logger ``cockpit_api.access`` (any handler, caplog)."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger(ACCESS_LOGGER)
+
+    def flush(self) -> None:
+        pass  # records go out through the logging handlers
+
+    def __call__(self, f: dict[str, Any]) -> None:
+        self._log.info("%s %s %d %.1fms op=%s user=%s rid=%s", f["method"], f["path"],
+                       f["status"], f["duration_ms"], f["operation"], f["user"] or "-",
+                       f["request_id"], extra=f)
+
+
+def access_writer(fmt: str) -> JsonAccessLog | TextAccessLog:
+    return JsonAccessLog() if fmt == "json" else TextAccessLog()
 
 
 def configure(fmt: str = "text", level: str | int = "INFO") -> None:

@@ -90,6 +90,7 @@ def test_an_invalid_request_id_is_replaced(client: TestClient, sent: str) -> Non
     assert r.status_code == 404
     made = r.headers["x-request-id"]
     assert made != sent and re.fullmatch(r"[0-9a-f]{32}", made)
+    assert made != client.get("/nowhere", headers={"X-Request-Id": sent}).headers["x-request-id"]
     assert r.json()["request_id"] == made
 
 
@@ -233,11 +234,10 @@ def test_a_metrics_token_protects_the_metrics(sim: SimulatedBackend) -> None:
 # ---------------------------------------------------------------- the access log
 
 
-def test_the_access_log_line_in_json(sim: SimulatedBackend,
+def test_the_access_log_line_in_json(sim: SimulatedBackend, capsys: pytest.CaptureFixture[str],
                                      caplog: pytest.LogCaptureFixture) -> None:
-    app = create_app(Settings(jwt_secret=SECRET, access_log=True), backend=sim,
-                     auth_clock=FakeClock())
-    fmt = JsonFormatter()
+    app = create_app(Settings(jwt_secret=SECRET, access_log=True, log_format="json"),
+                     backend=sim, auth_clock=FakeClock())
     with TestClient(app) as client, caplog.at_level(logging.INFO):
         r = client.post(f"{API}/auth/login",
                         json={"username": "admin", "password": "admin-secret-pw"})
@@ -247,18 +247,33 @@ def test_the_access_log_line_in_json(sim: SimulatedBackend,
         refresh = r.json()["refresh_token"]
         client.get(f"{API}/vms?status=running", headers={
             "Authorization": f"Bearer {token}", "X-Request-Id": "from-the-client"})
-        records = [r for r in caplog.records if not r.name.startswith("httpx")]  # the client's
-        lines = [fmt.format(rec) for rec in records]
-    access = [json.loads(line) for line, rec in zip(lines, records, strict=True)
-              if rec.name == "cockpit_api.access"]
+    # Leaving the client ran the lifespan's end, which flushes the batched lines.
+    err = capsys.readouterr().err
+    access = [json.loads(line) for line in err.splitlines()]
+    assert all(a["logger"] == "cockpit_api.access" for a in access)
     mine = next(a for a in access if a["request_id"] == "from-the-client")
     assert mine["operation"] == "list_vms" and mine["status"] == 200
     assert mine["user"] == "admin" and mine["method"] == "GET" and mine["path"] == f"{API}/vms"
-    assert mine["level"] == "info" and mine["time"].endswith("Z") and mine["duration_ms"] > 0
+    assert mine["level"] == "info" and mine["duration_ms"] > 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", mine["time"])
     assert [a["status"] for a in access if a["operation"] == "login"] == [401, 200]
-    everything = "\n".join(lines)
+    fmt = JsonFormatter()
+    others = "\n".join(fmt.format(r) for r in caplog.records if not r.name.startswith("httpx"))
     for secret in ("admin-secret-pw", token, refresh, "status=running"):
-        assert secret not in everything
+        assert secret not in err and secret not in others
+
+
+def test_the_text_access_log_goes_through_logging(sim: SimulatedBackend,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(Settings(jwt_secret=SECRET, access_log=True), backend=sim,
+                     auth_clock=FakeClock())
+    with TestClient(app) as client, caplog.at_level(logging.INFO):
+        client.get("/healthz", headers={"X-Request-Id": "text-1"})
+    (rec,) = [r for r in caplog.records if r.name == "cockpit_api.access"]
+    assert rec.getMessage().startswith("GET /healthz 200 ")
+    assert rec.getMessage().endswith("op=healthz user=- rid=text-1")
+    line = json.loads(JsonFormatter().format(rec))  # the same fields in the JSON formatter
+    assert line["request_id"] == "text-1" and line["operation"] == "healthz"
 
 
 def test_no_access_log_unless_asked(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:

@@ -9,12 +9,12 @@ import pytest
 pytest.importorskip("libvirt", reason="libvirt-python is not installed: run "
                     "lab/install-deps.sh (or pip install -e '.[libvirt]')")
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
 
-from backends.libvirt import LibvirtBackend  # noqa: E402
-from cockpit_api.config import HostConfig  # noqa: E402
-from tests.libvirt_support import (  # noqa: E402
+from backends.libvirt import LibvirtBackend
+from cockpit_api.config import HostConfig
+from tests.libvirt_support import (
     host_configs,
     libvirt_app,
     libvirt_settings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -54,7 +55,10 @@ def test_a_scrape_follows_requests_a_migration_and_a_host_loss_and_logs_are_json
         after = _scrape(http)
         assert http.post(f"/_sim/hosts/{NODE2}/disconnect", headers=admin).status_code == 200
         lost = _scrape(http)
-        log = server.log()
+        # Access lines are written in batches within 0.1 s: wait for ours, bounded.
+        deadline = time.monotonic() + 10
+        while "served-rid-1" not in (log := server.log()) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     ok = ("cockpit_http_requests_total", {"operation": "list_vms", "status": "200"})
     assert _get(first, ok[0], **ok[1]) == 0 and _get(after, ok[0], **ok[1]) == 1

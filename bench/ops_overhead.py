@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""What metrics and JSON access logs cost: GET /api/v1/vms?limit=100 with and without them.
+
+    .venv/bin/python bench/ops_overhead.py [--base-ref main] [--rounds 3] [--duration 10]
+
+Serves, with bench/run.py's harness (pinning, wrk, interleaved rounds, CPU
+accounting): ``base``, the tree of ``--base-ref`` (git archive into a temp dir:
+no metrics, no request ids, no access log); ``metrics``, this tree with logs
+off; ``metrics+json``, this tree with ``--log-format json --access-log``
+(every request a JSON line into the server's log file). Prints req/s, p50/p99,
+requests per server CPU-second, and each variant's cost against ``base``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run
+
+
+def export(ref: str, into: Path) -> Path:
+    raw = subprocess.run(["git", "archive", ref], cwd=run.ROOT, capture_output=True,
+                         check=True, timeout=60).stdout
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-ref", default="main")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    plan = run.Plan.make(quick=False)
+    pin = run.Pinning.choose(True)
+    tmp = Path(tempfile.mkdtemp(prefix="cockpit-ops-bench-"))
+    wrk = run.Wrk(plan, pin, tmp)
+    base_tree = export(args.base_ref, tmp / "base")
+    py = sys.executable
+    variants = {
+        # `env -C`: the base tree must be the working directory, first on `-m`'s path.
+        "base": ["env", "-C", str(base_tree), py, "-m", "cockpit_api.cli", "serve"],
+        "metrics": [py, "-m", "cockpit_api.cli", "serve"],
+        "metrics+json": [py, "-m", "cockpit_api.cli", "serve", "--log-format", "json",
+                         "--access-log"],
+    }
+    targets: dict[str, run.Target] = {}
+    try:
+        for name, cmd in variants.items():
+            port = run.free_port()
+            server = run.Server(name, [*pin.server, *cmd, "--port", str(port)], port,
+                                tmp).start()
+            server.wait_ready(f"{run.PREFIX}/openapi.json")
+            token = run.login(server.base)
+            targets[name] = run.Target(server.base + run.LIST_100, token, server=server)
+        print(f"machine: {run.machine()}\npinning: {pin.describe()}", flush=True)
+        results = run.interleaved(wrk, targets, args.warmup, args.duration, args.rounds,
+                                  lambda m: print(m, flush=True))
+    finally:
+        run.stop_all()
+    base = results["base"]
+    print("\n| variant | req/s | p50 ms | p99 ms | req/CPU-s | vs base (req/s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        delta = 100 * (r["rps"] / base["rps"] - 1)
+        print(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+              f"{r.get('req_per_cpu_s') or 0:,.0f} | {delta:+.1f} % |")
+    log_lines = sum(1 for _ in (tmp / next(p.name for p in tmp.glob("metrics+json-*.log"))
+                                ).open())
+    print(f"\nJSON log lines written by metrics+json: {log_lines:,}; logs in {tmp}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
