@@ -38,7 +38,8 @@ from cockpit_api.logs import current_request_id
 from cockpit_api.state import REQUEST_ID_KEY, Services
 from cockpit_api.telemetry import UNMATCHED
 
-AccessLogWriter = Callable[[dict[str, Any]], None]  # gets logs.ACCESS_FIELDS + request_id
+# (method, path, operation, status, seconds, user or None, request id): logs.JsonAccessLog
+AccessLogWriter = Callable[[str, str, str, int, float, "str | None", str], None]
 
 HEADER = b"x-request-id"
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
@@ -111,10 +112,8 @@ class AccessMiddleware:
             metrics.request_finished(operation, status, seconds)
             if self.access_log is not None:
                 user = (extensions.get("connexion_context") or {}).get("user")
-                self.access_log({"method": scope["method"], "path": scope["path"],
-                                 "operation": operation, "status": status,
-                                 "duration_ms": round(seconds * 1000, 3), "user": user,
-                                 "request_id": rid})
+                self.access_log(scope["method"], scope["path"], operation, status, seconds,
+                                user, rid)
             current_request_id.reset(token)
 
 

@@ -21,7 +21,6 @@ import sys
 import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
@@ -92,17 +91,21 @@ class JsonAccessLog:
         self._stamp = ""
         self._pending: list[bytes] = []
 
-    def __call__(self, fields: dict[str, Any]) -> None:
+    def __call__(self, method: str, path: str, operation: str, status: int, seconds: float,
+                 user: str | None, request_id: str) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        self._pending.append(orjson.dumps({
-            "time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
-            "logger": ACCESS_LOGGER,
-            "message": f"{fields['method']} {fields['path']} {fields['status']}",
-            **{k: v for k, v in fields.items() if v is not None}}))
+        line = {"time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
+                "logger": ACCESS_LOGGER, "message": f"{method} {path} {status}",
+                "request_id": request_id, "method": method, "path": path,
+                "operation": operation, "status": status,
+                "duration_ms": round(seconds * 1000, 3)}
+        if user is not None:
+            line["user"] = user
+        self._pending.append(orjson.dumps(line))
         if len(self._pending) >= self.BATCH:
             self.flush()
         elif len(self._pending) == 1:
@@ -128,10 +131,14 @@ class TextAccessLog:
     def flush(self) -> None:
         pass  # records go out through the logging handlers
 
-    def __call__(self, f: dict[str, Any]) -> None:
-        self._log.info("%s %s %d %.1fms op=%s user=%s rid=%s", f["method"], f["path"],
-                       f["status"], f["duration_ms"], f["operation"], f["user"] or "-",
-                       f["request_id"], extra=f)
+    def __call__(self, method: str, path: str, operation: str, status: int, seconds: float,
+                 user: str | None, request_id: str) -> None:
+        ms = round(seconds * 1000, 3)
+        self._log.info("%s %s %d %.1fms op=%s user=%s rid=%s", method, path, status, ms,
+                       operation, user or "-", request_id,
+                       extra={"method": method, "path": path, "operation": operation,
+                              "status": status, "duration_ms": ms, "user": user,
+                              "request_id": request_id})
 
 
 def access_writer(fmt: str) -> JsonAccessLog | TextAccessLog:
