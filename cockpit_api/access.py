@@ -29,7 +29,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,6 +60,7 @@ class AccessMiddleware:
         self.access_log = access_log
         self._prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
+        self._short: dict[str, str] = {}  # Connexion's operation id -> the spec's operationId
 
     def _new_id(self) -> str:
         return f"{self._prefix}{next(self._ids):016x}"
@@ -107,21 +107,18 @@ class AccessMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - t0
-            routing = extensions.get("connexion_routing") or {}
-            operation = _short(routing.get("operation_id")) or UNMATCHED
+            routing = extensions.get("connexion_routing")
+            operation = UNMATCHED
+            if routing and routing.get("operation_id"):
+                full = routing["operation_id"]
+                operation = self._short.get(full) or self._short.setdefault(
+                    full, str(full).rsplit(".", 1)[-1])  # handlers.vms.list_vms -> list_vms
             metrics.request_finished(operation, status, seconds)
             if self.access_log is not None:
                 user = (extensions.get("connexion_context") or {}).get("user")
                 self.access_log(scope["method"], scope["path"], operation, status, seconds,
                                 user, rid)
             current_request_id.reset(token)
-
-
-def _short(operation_id: Any) -> str | None:
-    """``handlers.vms.list_vms`` -> ``list_vms``: the spec's operationId."""
-    if not operation_id:
-        return None
-    return str(operation_id).rsplit(".", 1)[-1]
 
 
 def _with_request_id(held: list[Message], rid: str) -> list[Message]:
