@@ -43,6 +43,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # Read when formatted, i.e. when a stream handler emits, in the request's context;
+        # a handler that formats later (a queue) would need a filter stamping the record.
         rid = getattr(record, "request_id", None) or current_request_id.get()
         if rid:
             out["request_id"] = rid

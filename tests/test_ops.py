@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -297,3 +298,26 @@ def test_the_new_settings_from_the_environment() -> None:
         Settings.load(env={"COCKPIT_TLS_CERT": "c.pem"})
     with pytest.raises(ConfigError, match="log_format"):
         Settings.load(env={"COCKPIT_LOG_FORMAT": "xml"})
+
+
+def test_a_line_logged_inside_a_request_names_it(app: CockpitApp, client: TestClient,
+                                                 admin: dict[str, str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("the backend fell over")
+
+    monkeypatch.setattr(app.services.backend, "list_vms", broken)
+    # Formatted when emitted, as the serving process's handler does (logs.configure).
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("cockpit_api")
+    logger.addHandler(handler)
+    try:
+        r = client.get(f"{API}/vms", headers={**admin, "X-Request-Id": "boom-1"})
+    finally:
+        logger.removeHandler(handler)
+    assert r.status_code == 500 and r.json()["request_id"] == "boom-1"
+    (line,) = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert line["request_id"] == "boom-1" and line["level"] == "error"
+    assert "the backend fell over" in line["exc"]
