@@ -7,6 +7,7 @@ import functools
 import gc
 import getpass
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from cockpit_api.app import create_app
+    from cockpit_api.protocol import HeadLimits, protocol_with
 
     app = create_app(settings)
     scheme = "https" if settings.tls_cert else "http"
@@ -50,23 +52,62 @@ def _serve(args: argparse.Namespace) -> int:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
     gc.collect()
     gc.freeze()
+    head_limits = HeadLimits(settings.max_header_bytes, settings.max_headers,
+                             settings.header_timeout, settings.keepalive_timeout)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
     # uvicorn's access log is off: ours (cockpit_api/access.py) has the request id, the
     # operation and the user, and leaves out the query string. log_config=None keeps the
-    # handlers logs.configure installed.
+    # handlers logs.configure installed (with RedactSecrets, just above); uvicorn's
+    # loggers propagate to them.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
                 log_config=None, access_log=False, lifespan="on", loop="uvloop",
-                http="httptools", ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
+                http=protocol_with(head_limits), ssl_certfile=settings.tls_cert,
+                ssl_keyfile=settings.tls_key)
     return 0
+
+
+_SECRET_QUERY = re.compile(r"([?&](?:ticket|token|access_token|refresh_token|password)=)[^&\s\"']*",
+                           re.IGNORECASE)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+
+
+class RedactSecrets(logging.Filter):
+    """Blank tokens in log lines: a JWT anywhere, credential-like query values.
+
+    Bodies (passwords, refresh tokens) are never logged (cockpit_api/validators.py);
+    access tokens travel in headers, which uvicorn does not log, but a URL can carry
+    one (`?ticket=`) and uvicorn's access log and trace log print URLs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            # Its formatter reads the path from args[2]: redact it there.
+            record.args = tuple(_JWT.sub("***", _SECRET_QUERY.sub(r"\1***", a))
+                                if isinstance(a, str) else a for a in record.args)
+            return True
+        message = record.getMessage()
+        clean = _JWT.sub("***", _SECRET_QUERY.sub(r"\1***", message))
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
 
 
 def _hash_password(args: argparse.Namespace) -> int:
     from cockpit_api.auth import hash_password
 
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    if args.password_stdin or not sys.stdin.isatty():
+        # A pipe (`echo pw | cockpit-api hash-password`) is read like --password-stdin:
+        # getpass would find no terminal to prompt on.
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
+        try:
+            password = getpass.getpass("password: ")
+            again = getpass.getpass("again: ")
+        except EOFError:
+            print("no password given (pipe one in, or use --password-stdin)", file=sys.stderr)
+            return 2
+        if again != password:
             print("the passwords differ", file=sys.stderr)
             return 2
     if not password:
@@ -103,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     hp = sub.add_parser("hash-password", help="print a password hash for [[users]] in the config")
-    hp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    hp.add_argument("--password-stdin", action="store_true",
+                    help="read the password from stdin (implied when stdin is a pipe)")
     hp.set_defaults(func=_hash_password)
 
     from cockpit_api import conformance

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from contextvars import ContextVar
@@ -29,6 +30,7 @@ current_request_id: ContextVar[str | None] = ContextVar("cockpit_request_id", de
 # Attributes an access-log record carries (``extra=``), in the order they are written.
 ACCESS_FIELDS = ("method", "path", "operation", "status", "duration_ms", "user")
 FORMATS = ("text", "json")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 ACCESS_LOGGER = "cockpit_api.access"
 
 
@@ -100,6 +102,8 @@ class JsonAccessLog:
         if second != self._second:
             self._second = second
             self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        if "eyJ" in path:  # a JWT pasted into a URL path: never written (cli.RedactSecrets)
+            path = _JWT.sub("***", path)
         line = {"time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
                 "logger": ACCESS_LOGGER, "message": f"{method} {path} {status}",
                 "request_id": request_id, "method": method, "path": path,
@@ -157,7 +161,10 @@ def configure(fmt: str = "text", level: str | int = "INFO") -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level.upper() if isinstance(level, str) else level)
+    if isinstance(level, str):
+        # uvicorn's "trace" (5) is registered only once uvicorn is imported, after this.
+        level = 5 if level.lower() == "trace" else level.upper()
+    root.setLevel(level)
     logging.captureWarnings(True)  # a warning is one more line in the same format
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         # uvicorn's own handlers are not installed (log_config=None): let them reach ours.
