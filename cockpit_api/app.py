@@ -38,6 +38,7 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
+from cockpit_api.feed import feed_of
 from cockpit_api.state import SCOPE_KEY, Services
 from cockpit_api.validators import validator_map
 
@@ -108,7 +109,7 @@ def _precompute_signatures() -> None:
     x-bearerInfoFunc for every request; inspect returns ``__signature__`` at once
     when a function carries one (about 10% of a request, bench/README.md).
     """
-    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control"):
+    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "events"):
         module = importlib.import_module(f"handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         clock=auth_clock,
     )
     services = Services(backend, auth, settings)
+    feed_of(backend)  # the change feed's history starts with the app
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -161,8 +163,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type"],
-        expose_headers=["Location", "Retry-After", "WWW-Authenticate"],
+        allow_headers=["Authorization", "Content-Type", "If-None-Match", "Last-Event-ID"],
+        expose_headers=["Location", "Retry-After", "WWW-Authenticate", "ETag",
+                        "X-Feed-Position"],
     )
     app.add_error_handler(BackendError, problems.on_backend_error)
     app.add_error_handler(AuthError, problems.on_auth_error)

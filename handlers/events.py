@@ -1,0 +1,153 @@
+"""events: the change feed as Server-Sent Events or JSON long-poll, and EventSource tickets.
+
+The feed itself (numbering, history, resume, filters) is cockpit_api/feed.py;
+this module picks the representation from ``Accept``, authenticates the
+stream for as long as it lasts, and shapes the answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from connexion import context, request
+from starlette.responses import Response, StreamingResponse
+
+from cockpit_api.auth import AuthError, AuthService
+from cockpit_api.feed import Feed, Filter, Resume, feed_of
+from cockpit_api.state import services_of
+from handlers._common import ok, services
+
+_BATCH = 500  # events per chunk written to a stream catching up
+_POLL_LIMIT = 1000  # events per long-poll answer; `position` says where to continue
+
+
+def ticket_info(ticket: str, request: Any) -> dict[str, Any]:
+    """Connexion's ``x-apikeyInfoFunc`` for ``?ticket=``: redeem it (once) for its token."""
+    s = services_of(request.scope)
+    token = feed_of(s.backend).tickets.redeem(ticket, s.auth.clock())
+    if token is None:
+        raise AuthError("the ticket is not valid (unknown, used or expired)", "invalid_ticket")
+    claims = dict(s.auth.verify(token))
+    claims["_token"] = token
+    return claims
+
+
+def _token() -> str:
+    info = context.context.get("token_info") or {}
+    token = info.get("_token")
+    if token:
+        return str(token)
+    _scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip()
+
+
+def _alive(auth: AuthService, token: str) -> float:
+    """Seconds the stream may still run on this token (0: expired, or its session ended)."""
+    try:
+        claims = auth.verify(token)
+    except AuthError:
+        return 0.0
+    if not auth.session_active(claims):
+        return 0.0
+    return max(0.0, float(claims["exp"]) - auth.clock())
+
+
+def _wants_stream() -> bool:
+    accept = request.headers.get("accept", "").lower()
+    sse = accept.find("text/event-stream")
+    if sse < 0:
+        return False
+    js = accept.find("application/json")
+    return js < 0 or sse < js
+
+
+async def create_ticket() -> Response:
+    s = services()
+    feed = feed_of(s.backend)
+    ticket = feed.tickets.issue(_token(), s.auth.clock())
+    return ok({"ticket": ticket, "expires_in": feed.tickets.ttl}, 201,
+              headers={"Cache-Control": "no-store"})
+
+
+async def get_events(types: list[str] | None = None, vm_id: str | None = None,
+                     host_id: str | None = None, after: str | None = None,
+                     last_event_id: str | None = None, wait: float = 0) -> Response:
+    # `?ticket=` is the security check's (ticket_info), not a parameter of this function.
+    s = services()
+    feed = feed_of(s.backend)
+    flt = Filter(frozenset(types) if types else None, vm_id, host_id)
+    start = after or last_event_id or request.headers.get("last-event-id") or None
+    resume = feed.resume(start)
+    token = _token()
+    if _wants_stream():
+        return StreamingResponse(
+            _stream(feed, s.auth, token, flt, resume), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                     "X-Feed-Position": feed.position()})
+    return await _long_poll(feed, s.auth, token, flt, resume, float(wait))
+
+
+async def _long_poll(feed: Feed, auth: AuthService, token: str, flt: Filter, resume: Resume,
+                     wait: float) -> Response:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, _alive(auth, token))
+    seq = resume.seq
+    events: list[dict[str, Any]] = []
+    if resume.reset is not None:
+        events.append(feed.reset_event(resume.reset).as_json())
+    else:
+        async with feed.subscribed():
+            while True:
+                batch = feed.after(seq, _POLL_LIMIT)
+                if batch is None:  # fell out of the history while waiting
+                    events = [feed.reset_event("too_old").as_json()]
+                    seq = feed.seq
+                    break
+                if batch:
+                    seq = batch[-1].seq
+                    events = [e.as_json() for e in batch if flt.matches(e)]
+                    if events:
+                        break
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                await feed.wait(seq, left)
+    return ok({"events": events, "position": f"{feed.epoch}-{seq}"},
+              headers={"Cache-Control": "no-store", "X-Feed-Position": feed.position()})
+
+
+async def _stream(feed: Feed, auth: AuthService, token: str, flt: Filter,
+                  resume: Resume) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    async with feed.subscribed():
+        # `retry`: how long EventSource waits before reconnecting (with Last-Event-ID).
+        yield b"retry: 2000\n: position %s\n\n" % feed.position().encode()
+        seq = resume.seq
+        if resume.reset is not None:
+            yield feed.reset_event(resume.reset).frame()
+        last_sent = loop.time()
+        while True:
+            batch = feed.after(seq)
+            if batch is None:  # too slow: what it missed is gone
+                yield feed.reset_event("too_old").frame()
+                seq, last_sent = feed.seq, loop.time()
+                continue
+            for i in range(0, len(batch), _BATCH):
+                chunk = b"".join(e.frame() for e in batch[i:i + _BATCH] if flt.matches(e))
+                if chunk:
+                    yield chunk
+                    last_sent = loop.time()
+            if batch:
+                seq = batch[-1].seq
+            left = _alive(auth, token)
+            if left <= 0:
+                yield b": the access token expired or its session ended\n\n"
+                return
+            beat_in = feed.heartbeat_seconds - (loop.time() - last_sent)
+            if beat_in <= 0:
+                yield b": heartbeat\n\n"
+                last_sent = loop.time()
+                continue
+            await feed.wait(seq, min(beat_in, feed.session_check_seconds, left))
