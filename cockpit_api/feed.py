@@ -148,7 +148,11 @@ class Feed:
         self._jobs_seen: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._wake: asyncio.Event | None = None
+        # Each waiting subscriber's own future (a shared one would be cancelled for all
+        # when one waiter is); resolved together on the next event or pulse.
+        self._waiters: list[asyncio.Future[None]] = []
+        self._chunks: dict[tuple[int, int, Filter], bytes] = {}
+        self.pulse_seconds = 1.0
         self._subscribers = 0
         self._ticker: asyncio.Task[None] | None = None
         self._shapes = _shapes()
@@ -216,18 +220,20 @@ class Feed:
 
     def _notify(self) -> None:
         loop = self._loop
-        if loop is None or self._wake is None:
+        if loop is None or not self._waiters:
             return
         if threading.get_ident() == self._loop_thread:
-            self._wake_up()
+            self.pulse()
         else:  # a change made off the loop (a test driving the simulator's clock)
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wake_up)
+                loop.call_soon_threadsafe(self.pulse)
 
-    def _wake_up(self) -> None:
-        wake, self._wake = self._wake, asyncio.Event()
-        if wake is not None:
-            wake.set()
+    def pulse(self) -> None:
+        """Wake every waiting subscriber (new events, or time to look at its clock)."""
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     # InventoryObserver / JobObserver: called from inside the backend's update; record only.
 
@@ -291,21 +297,27 @@ class Feed:
         return max(delay, 0.001)
 
     async def _run_ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_pulse = loop.time() + self.pulse_seconds
         while self._subscribers > 0:
             try:
                 self.tick()
             except Exception:  # the ticker must outlive one bad tick
                 log.exception("feed tick failed")
-            await asyncio.sleep(self._next_tick())
+            if loop.time() >= next_pulse:
+                # One timer for every subscriber's heartbeat and token checks.
+                next_pulse = loop.time() + self.pulse_seconds
+                self.pulse()
+            await asyncio.sleep(min(self._next_tick(), max(0.001, next_pulse - loop.time())))
 
     # ------------------------------------------------------------------ subscribers
 
-    def _bind(self) -> asyncio.Event:
+    def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._wake is None:
+        if self._loop is not loop:  # a new loop (tests run several): old waiters are dead
             self._loop, self._loop_thread = loop, threading.get_ident()
-            self._wake = asyncio.Event()
-        return self._wake
+            self._waiters = []
+        return loop
 
     @contextlib.asynccontextmanager
     async def subscribed(self) -> Any:
@@ -323,15 +335,43 @@ class Feed:
     def subscribers(self) -> int:
         return self._subscribers
 
+    async def next(self, seq: int) -> None:
+        """Until there are events after ``seq``, or the next pulse."""
+        loop = self._bind()
+        if self._seq > seq:
+            return
+        fut = loop.create_future()
+        self._waiters.append(fut)
+        await fut
+
     async def wait(self, seq: int, timeout: float) -> bool:
         """Until there are events after ``seq`` (True) or ``timeout`` seconds passed (False)."""
-        wake = self._bind()
-        if self._seq > seq:
-            return True
+        loop = self._bind()
+        deadline = loop.time() + max(0.0, timeout)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, timeout)):
-                await wake.wait()
+            async with asyncio.timeout_at(deadline):
+                while self._seq <= seq:
+                    await self.next(seq)
         return self._seq > seq
+
+    def frames(self, seq: int, flt: Filter) -> tuple[bytes, int] | None:
+        """The SSE frames of the events after ``seq`` that pass ``flt``, and the new position.
+
+        Subscribers at the same position with the same filter get the same bytes,
+        built once. None when those events were dropped from the history.
+        """
+        events = self.after(seq)
+        if events is None:
+            return None
+        top = events[-1].seq if events else seq
+        key = (seq, top, flt)
+        chunk = self._chunks.get(key)
+        if chunk is None:
+            chunk = b"".join(e.frame() for e in events if flt.matches(e))
+            if len(self._chunks) >= 256:
+                self._chunks.clear()
+            self._chunks[key] = chunk
+        return chunk, top
 
 
 def _tables(backend: Any) -> tuple[Inventory, JobTable[Any]]:

@@ -246,6 +246,7 @@ def test_a_simulator_reset_is_a_reset_event() -> None:
 def test_heartbeats_are_comments() -> None:
     async def body(env: Env) -> None:
         env.feed.heartbeat_seconds = 0.05
+        env.feed.pulse_seconds = 0.02  # the feed's one timer: subscribers look at their clocks
         async with env.stream() as s:
             got = await s.frames(3)
         assert [f.comment for f in got[1:]] == ["heartbeat", "heartbeat"]
@@ -268,6 +269,7 @@ def test_the_stream_ends_when_the_token_expires() -> None:
 
 def test_the_stream_ends_when_its_session_logs_out() -> None:
     async def body(env: Env) -> None:
+        env.feed.session_check_seconds = 0  # look at the session on every wake-up
         async with env.stream() as s:
             await s.frames(1)
             r = await env.http.post("/api/v1/auth/logout", json={"refresh_token": env.refresh})
