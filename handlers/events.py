@@ -17,30 +17,25 @@ from starlette.types import Receive, Scope, Send
 
 from cockpit_api.auth import AuthError, AuthService
 from cockpit_api.feed import Feed, Filter, Resume, feed_of
-from cockpit_api.state import services_of
 from handlers._common import ok, services
 
 _POLL_LIMIT = 1000  # events per long-poll answer; `position` says where to continue
 
 
-def ticket_info(ticket: str, request: Any) -> dict[str, Any]:
-    """Connexion's ``x-apikeyInfoFunc`` for ``?ticket=``: redeem it (once) for its token."""
-    s = services_of(request.scope)
+def _token(ticket: str | None = None) -> str:
+    """The bearer token of this request, or the one its ticket stands for (redeemed once)."""
+    if context.context.get("token_info"):  # the bearer header, verified by Connexion
+        _scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        return value.strip()
+    if ticket is None:
+        raise AuthError("send a bearer token, or a ticket from POST /events/ticket",
+                        "missing_token")
+    s = services()
     token = feed_of(s.backend).tickets.redeem(ticket, s.auth.clock())
     if token is None:
         raise AuthError("the ticket is not valid (unknown, used or expired)", "invalid_ticket")
-    claims = dict(s.auth.verify(token))
-    claims["_token"] = token
-    return claims
-
-
-def _token() -> str:
-    info = context.context.get("token_info") or {}
-    token = info.get("_token")
-    if token:
-        return str(token)
-    _scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip()
+    s.auth.verify(token)  # the token it stands for may have expired since
+    return token
 
 
 def _alive(auth: AuthService, token: str) -> float:
@@ -78,14 +73,14 @@ async def create_ticket() -> Response:
 
 async def get_events(types: list[str] | None = None, vm_id: str | None = None,
                      host_id: str | None = None, after: str | None = None,
-                     last_event_id: str | None = None, wait: float = 0) -> Response:
-    # `?ticket=` is the security check's (ticket_info), not a parameter of this function.
+                     last_event_id: str | None = None, wait: float = 0,
+                     ticket: str | None = None) -> Response:
+    token = _token(ticket)
     s = services()
     feed = feed_of(s.backend)
     flt = Filter(frozenset(types) if types else None, vm_id, host_id)
     start = after or last_event_id or request.headers.get("last-event-id") or None
     resume = feed.resume(start)
-    token = _token()
     if _wants_stream():
         return EventStream(
             _stream(feed, s.auth, token, flt, resume),
