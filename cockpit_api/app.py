@@ -41,6 +41,7 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
+from cockpit_api.feed import feed_of
 from cockpit_api.limits import BodyLimits, RequestLimits
 from cockpit_api.served_spec import RawSpecs
 from cockpit_api.state import SCOPE_KEY, Services
@@ -115,7 +116,7 @@ def _precompute_signatures() -> None:
     x-bearerInfoFunc for every request; inspect returns ``__signature__`` at once
     when a function carries one (about 10% of a request, bench/README.md).
     """
-    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "ops"):
+    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "ops", "events"):
         module = importlib.import_module(f"handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         setattr(backend, "call_observer", services.metrics.observe_libvirt_call)  # noqa: B010
 
     writer = logs.access_writer(settings.log_format) if settings.access_log else None
+    feed_of(backend)  # the change feed's history starts with the app
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -185,8 +187,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
-        expose_headers=["Location", "Retry-After", "WWW-Authenticate", "X-Request-Id"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-Id", "If-None-Match",
+                       "Last-Event-ID"],
+        expose_headers=["Location", "Retry-After", "WWW-Authenticate", "X-Request-Id", "ETag",
+                        "X-Feed-Position"],
     )
     # Added after CORS at the same position: inside it, so refusals carry CORS headers too.
     app.add_middleware(
