@@ -321,3 +321,62 @@ def test_a_line_logged_inside_a_request_names_it(app: CockpitApp, client: TestCl
     (line,) = [json.loads(x) for x in out.getvalue().splitlines()]
     assert line["request_id"] == "boom-1" and line["level"] == "error"
     assert "the backend fell over" in line["exc"]
+
+
+def test_the_request_layer_adds_under_5_percent_to_a_list(app: CockpitApp,
+                                                           client: TestClient,
+                                                           admin: dict[str, str]) -> None:
+    """Counted in Python bytecodes (deterministic; bench/ops_overhead.py --bytecodes)."""
+    import asyncio
+    import sys
+
+    from cockpit_api.logs import JsonAccessLog
+
+    layer = app.inner
+    headers = [(b"host", b"testserver"), (b"authorization", admin["Authorization"].encode())]
+    count = [0]
+
+    def tracer(frame, event, _arg):  # type: ignore[no-untyped-def]
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            count[0] += 1
+        return tracer
+
+    async def one() -> int:
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                assert message["status"] == 200
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": f"{API}/vms",
+                 "raw_path": f"{API}/vms".encode(), "query_string": b"limit=100",
+                 "root_path": "", "headers": list(headers), "client": ("127.0.0.1", 1),
+                 "server": ("testserver", 80)}
+        count[0] = 0
+        sys.settrace(tracer)
+        try:
+            await app(scope, receive, send)
+        finally:
+            sys.settrace(None)
+        return count[0]
+
+    async def least(n: int = 3) -> int:
+        for _ in range(5):
+            await one()
+        return min([await one() for _ in range(n)])
+
+    lines = JsonAccessLog()
+    lines.flush = lambda: None  # type: ignore[method-assign]  # nothing is written here
+    try:
+        app.inner = layer.app
+        bare = asyncio.run(least())
+        app.inner = layer
+        layer.access_log = lines
+        full = asyncio.run(least())
+    finally:
+        app.inner, layer.access_log = layer, None
+    assert bare > 5000  # the count saw the whole request
+    assert full < bare * 1.05, (bare, full)
