@@ -238,6 +238,85 @@ async def run_clients(args: argparse.Namespace, port: int, token: str, pid: int
     }
 
 
+async def in_process(args: argparse.Namespace) -> dict[str, Any]:
+    """The server's own cost and latency, without sockets or a client process.
+
+    The app runs in this process; each subscriber is an ASGI call whose ``send``
+    notes when each frame left the app. Latency = that instant minus the moment
+    the change was made; CPU = this process's CPU time over the window.
+    """
+    sys.path.insert(0, str(ROOT))
+    from backends import scenario
+    from backends.sim import SimulatedBackend, VirtualClock
+    from cockpit_api.app import create_app
+    from cockpit_api.config import Settings
+    from cockpit_api.feed import feed_of
+
+    sim = SimulatedBackend(scenario.load("default"), VirtualClock(time.time(), speed=1.0))
+    app = create_app(Settings(jwt_secret=SECRET), backend=sim)
+    feed = feed_of(sim)
+    token = sim and app.services.auth.login("admin", "admin", "bench").token
+    arrivals: list[tuple[int, float]] = []
+    disconnect = asyncio.Event()
+
+    async def one() -> None:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": "/api/v1/events",
+                 "raw_path": b"/api/v1/events", "query_string": b"types=vm", "root_path": "",
+                 "headers": [(b"authorization", f"Bearer {token}".encode()),
+                             (b"accept", b"text/event-stream")],
+                 "client": ("127.0.0.1", 1), "server": ("bench", 80)}
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            body = message.get("body")
+            if body:
+                now = time.perf_counter()
+                for a, b in _ID.findall(b"\n" + body):
+                    arrivals.append((int(a or b), now))
+
+        await app(scope, receive, send)
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(args.subscribers)]
+    while feed.subscribers < args.subscribers:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(1)
+    made: dict[int, float] = {}
+    count = int((args.warmup + args.duration) / args.interval)
+    first = int(args.warmup / args.interval)
+    start = time.perf_counter()
+    cpu0 = 0.0
+    for k in range(count):
+        if k == first:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+        # Behind schedule or not, let the subscribers run (a server's changes come from
+        # requests, which wait their turn on the loop too).
+        await asyncio.sleep(max(0.0, start + k * args.interval - time.perf_counter()))
+        await sim.vm_action(VM, "suspend" if k % 2 == 0 else "resume", False)
+        made[feed.seq - 1] = time.perf_counter()  # the change's vm event (then its host's)
+    await asyncio.sleep(0.5)
+    cpu1, wall1 = time.process_time(), time.perf_counter()
+    disconnect.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    first_seq = min(seq for seq in made) + 2 * first
+    lat = [(t - made[seq]) * 1000 for seq, t in arrivals if seq in made and seq >= first_seq]
+    return {"subscribers": args.subscribers, "interval_ms": args.interval * 1000,
+            "deliveries": len(lat),
+            "expected": args.subscribers * (count - first),
+            "latency_ms": {"p50": round(percentile(lat, 50), 2),
+                           "p99": round(percentile(lat, 99), 2),
+                           "max": round(max(lat), 2) if lat else None},
+            "cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1)}
+
+
 def client_main(args: argparse.Namespace, port: int, token: str, pid: int, out: Path) -> None:
     out.write_text(json.dumps(asyncio.run(run_clients(args, port, token, pid))))
 
@@ -251,10 +330,15 @@ def main() -> int:
     ap.add_argument("--results-dir", default=str(BENCH / "results"))
     ap.add_argument("--no-pin", action="store_true",
                     help="let the scheduler place the processes (a shared, busy machine)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="the server's own CPU and latency: the app in this process, no sockets")
     ap.add_argument("--client", nargs=4, help=argparse.SUPPRESS)  # internal: port token pid out
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket per subscriber
+    if args.in_process:
+        print(json.dumps(asyncio.run(in_process(args)), indent=2))
+        return 0
     if args.client:
         port, token, pid, out = args.client
         client_main(args, int(port), token, int(pid), Path(out))
