@@ -13,8 +13,9 @@ What it does:
    measures the server's RSS before and after: memory per idle subscriber.
 3. A driver process (same CPU as the client) makes one change every
    ``--interval`` seconds on an absolute schedule: alternately suspends and
-   resumes one VM through the API. Each change is exactly one ``vm`` and one
-   ``host`` event, so change k is event ``base + 2k + 1``.
+   resumes one of 8 VMs through the API (change k on VM k % 8, one connection
+   per VM: open loop). Each change is one ``vm`` event for its VM, so the n-th
+   event of VM i a subscriber reads is change 8n + i.
 4. Delivery latency of an event to a subscriber = when the subscriber read it
    minus when the driver sent the request that made it (so it includes the
    action's own round trip). Changes during the warm-up are left out.
@@ -51,7 +52,14 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 SECRET = "bench-feed-secret-of-at-least-32-bytes!!"
 VM = "d13c513a-42f8-4da1-97b1-165f0971b7c4"  # web-frontend-01, running
+# The default scenario's running VMs on connected hosts: the driver's targets.
+VMS = ("d13c513a-42f8-4da1-97b1-165f0971b7c4", "48a7c825-2abc-4619-a5ab-d89bd67e4d92",
+       "eca9bad1-449e-48e4-b15c-e760f3e452f2", "f4d6d235-08bd-4d96-b6e9-c8092966493d",
+       "959575fe-0a73-4d03-b43a-2c9fbed3e91c", "72488b81-0dfa-4e39-8727-d4dad921bf95",
+       "a06bcdfe-7533-40fd-a339-11c082f5e35d", "825dc254-fc63-4b8b-853c-9fd548740684")
 _ID = re.compile(rb"\nid: [0-9a-f]+-(\d+)\n|^id: [0-9a-f]+-(\d+)\n")
+# A vm event's VM: its data starts with the VM's id.
+_VM_EVENT = re.compile(rb'event: vm\ndata: \{"id":"([0-9a-f-]{36})"')
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -98,38 +106,44 @@ def rss_kib(pid: int) -> int:
 
 def drive(port: int, token: str, interval: float, count: int, start_at: float,
           out: Any) -> None:
-    """``count`` changes, change k sent at ``start_at + k * interval``; sends the send times."""
+    """Change k at ``start_at + k * interval``, on VM ``k % 8``; sends (sent, answered) times.
 
-    async def main() -> tuple[list[float], list[float]]:
+    Open loop across VMs: one connection per VM, so a slow answer delays only that
+    VM's next change (which must follow it: suspend, then resume). A change due
+    after the window is not made.
+    """
+    sent: dict[int, float] = {}
+    answered: dict[int, float] = {}
+    end = start_at + count * interval
+
+    async def worker(i: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        sent: list[float] = []
-        answered: list[float] = []
-        end = start_at + count * interval
-        for k in range(count):
-            if time.time() > end:
-                break  # behind schedule: the window is over, stop rather than catch up
-            action = "suspend" if k % 2 == 0 else "resume"
-            body = json.dumps({"action": action}).encode()
+        for k in range(i, count, len(VMS)):
             delay = start_at + k * interval - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            sent.append(time.time())
+            if time.time() > end:
+                break  # behind schedule: the window is over, stop rather than catch up
+            action = "suspend" if (k // len(VMS)) % 2 == 0 else "resume"
+            body = json.dumps({"action": action}).encode()
+            sent[k] = time.time()
             writer.write(
-                f"POST /api/v1/vms/{VM}/action HTTP/1.1\r\nHost: bench\r\n"
+                f"POST /api/v1/vms/{VMS[i]}/action HTTP/1.1\r\nHost: bench\r\n"
                 f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             head = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
-            await reader.readexactly(length)
-            answered.append(time.time())
-            if k % 100 == 99:
-                print(f"driver: {k + 1} changes, {answered[-1] - start_at:.1f} s", file=sys.stderr)
+            length = re.search(rb"content-length: (\d+)", head.lower())
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            answered[k] = time.time()
             if not head.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(head.decode())
         writer.close()
-        return sent, answered
 
-    out.put(asyncio.run(main()))
+    async def main() -> None:
+        await asyncio.gather(*(worker(i) for i in range(len(VMS))))
+
+    asyncio.run(main())
+    out.put((sent, answered))
 
 
 # ------------------------------------------------------------------ the subscribers
@@ -137,7 +151,7 @@ def drive(port: int, token: str, interval: float, count: int, start_at: float,
 
 class Subscriber:
     def __init__(self) -> None:
-        self.seqs = array("q")
+        self.vms: list[bytes] = []
         self.times = array("d")
         self.ready = asyncio.Event()
         self.tail = b""
@@ -155,10 +169,11 @@ async def subscribe(port: int, token: str, sub: Subscriber) -> None:
             sub.ready.set()
             data = sub.tail + chunk
             # Chunked transfer framing sits between SSE frames; ids are whole lines.
-            for a, b in _ID.findall(data):
-                sub.seqs.append(int(a or b))
+            for vm in _VM_EVENT.findall(data):
+                sub.vms.append(vm)
                 sub.times.append(now)
-            sub.tail = data[data.rfind(b"\n"):]  # a line cut in two is read whole next time
+            cut = data.rfind(b"\n\n")  # a frame cut in two is read whole next time
+            sub.tail = data[cut:] if cut >= 0 else data[-4096:]
     finally:
         writer.close()
 
@@ -184,9 +199,6 @@ async def run_clients(args: argparse.Namespace, port: int, token: str, pid: int
     await asyncio.sleep(2)  # idle: heartbeats and session checks only
     rss1 = rss_kib(pid)
 
-    _status, headers, _ = await asyncio.to_thread(
-        http, "GET", f"http://127.0.0.1:{port}/api/v1/vms?limit=1", None, token)
-    base = int(headers["x-feed-position"].rsplit("-", 1)[1])
     count = int((args.warmup + args.duration) / args.interval)
     start_at = time.time() + 0.5
     queue: Any = mp.get_context("fork").Queue()
@@ -205,25 +217,32 @@ async def run_clients(args: argparse.Namespace, port: int, token: str, pid: int
     await asyncio.gather(*tasks, return_exceptions=True)
 
     first = int(args.warmup / args.interval)
+    index = {vm.encode(): i for i, vm in enumerate(VMS)}
     lat: list[float] = []
     missing = 0
     for sub in subs:
-        got = {}
-        for seq, t in zip(sub.seqs, sub.times, strict=True):
-            got[seq] = t
-        for k in range(first, len(sent)):
-            t = got.get(base + 2 * k + 1)
+        # The n-th event of VM i is change n * 8 + i (each change toggles its VM).
+        seen = dict.fromkeys(index, 0)
+        got: dict[int, float] = {}
+        for vm, t in zip(sub.vms, sub.times, strict=True):
+            got[seen[vm] * len(VMS) + index[vm]] = t
+            seen[vm] += 1
+        for k, t0 in sent.items():
+            if k < first:
+                continue
+            t = got.get(k)
             if t is None:
                 missing += 1
             else:
-                lat.append((t - sent[k]) * 1000)
+                lat.append((t - t0) * 1000)
     window = wall1 - wall0
-    rtt = [(b - a) * 1000 for a, b in zip(sent[first:], answered[first:], strict=True)]
+    rtt = [(answered[k] - t0) * 1000 for k, t0 in sent.items() if k >= first and k in answered]
     return {
         "action_round_trip_ms": {"p50": round(percentile(rtt, 50), 2),
                                  "p99": round(percentile(rtt, 99), 2)},
         "subscribers": args.subscribers, "interval_ms": args.interval * 1000,
-        "measured_seconds": round(window, 1), "changes_measured": len(sent) - first,
+        "measured_seconds": round(window, 1),
+        "changes_measured": sum(1 for k in sent if k >= first),
         "changes_scheduled": count - first,
         "deliveries": len(lat), "missing": missing,
         "latency_ms": {"p50": round(percentile(lat, 50), 2),
@@ -337,7 +356,14 @@ def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket per subscriber
     if args.in_process:
-        print(json.dumps(asyncio.run(in_process(args)), indent=2))
+        result = asyncio.run(in_process(args))
+        result["when"] = datetime.now(UTC).isoformat(timespec="seconds")
+        result["loadavg_after"] = os.getloadavg()
+        text = json.dumps(result, indent=2) + "\n"
+        Path(args.results_dir).mkdir(parents=True, exist_ok=True)
+        name = f"feed-inprocess-{args.subscribers}-{args.interval * 1000:g}ms.json"
+        (Path(args.results_dir) / name).write_text(text)
+        print(text)
         return 0
     if args.client:
         port, token, pid, out = args.client
