@@ -43,6 +43,9 @@ log = logging.getLogger("cockpit_api.feed")
 HISTORY = 10_000
 PROGRESS_SECONDS = 0.5
 HEARTBEAT_SECONDS = 15.0
+# Subscribers are woken at most this often (a burst is sent in batches): 1,000
+# subscribers woken for every change of a burst would cost more than the changes.
+FLUSH_SECONDS = 0.02
 TICKET_SECONDS = 30
 EVENT_TYPES = ("host", "vm", "vm_removed", "migration", "reset")
 _MAX_TICKETS = 10_000
@@ -153,6 +156,9 @@ class Feed:
         self._waiters: list[asyncio.Future[None]] = []
         self._chunks: dict[tuple[int, int, Filter], bytes] = {}
         self.pulse_seconds = 1.0
+        self.flush_seconds = FLUSH_SECONDS
+        self._flush: asyncio.TimerHandle | None = None
+        self._last_flush = 0.0
         self._subscribers = 0
         self._ticker: asyncio.Task[None] | None = None
         self._shapes = _shapes()
@@ -219,14 +225,32 @@ class Feed:
         self._notify()
 
     def _notify(self) -> None:
+        """Wake the subscribers: at once, or at most once per ``flush_seconds`` under load.
+
+        Each wake-up costs every subscriber a turn, whatever it carries: a burst of
+        changes is delivered in batches instead (a lone change goes out at once).
+        """
         loop = self._loop
         if loop is None or not self._waiters:
             return
-        if threading.get_ident() == self._loop_thread:
-            self.pulse()
-        else:  # a change made off the loop (a test driving the simulator's clock)
+        if threading.get_ident() != self._loop_thread:
+            # A change made off the loop (a test driving the simulator's clock).
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.pulse)
+                loop.call_soon_threadsafe(self._notify)
+            return
+        if self._flush is not None:
+            return  # already due
+        wait = self._last_flush + self.flush_seconds - loop.time()
+        if wait <= 0:
+            self._flush_now()
+        else:
+            self._flush = loop.call_later(wait, self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush = None
+        if self._loop is not None:
+            self._last_flush = self._loop.time()
+        self.pulse()
 
     def pulse(self) -> None:
         """Wake every waiting subscriber (new events, or time to look at its clock)."""
@@ -316,7 +340,7 @@ class Feed:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new loop (tests run several): old waiters are dead
             self._loop, self._loop_thread = loop, threading.get_ident()
-            self._waiters = []
+            self._waiters, self._flush, self._last_flush = [], None, 0.0
         return loop
 
     @contextlib.asynccontextmanager
