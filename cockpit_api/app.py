@@ -158,6 +158,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                         store=store)
     services.ready_checks["backend"] = functools.partial(_backend_ready, services)
     services.ready_checks["store"] = functools.partial(_store_ready, services)
+    if hasattr(store, "observer"):  # SqlStore times its calls for the metrics
+        setattr(store, "observer", services.metrics.observe_store)  # noqa: B010
     if hasattr(backend, "call_observer"):  # the libvirt backend times its calls through it
         setattr(backend, "call_observer", services.metrics.observe_libvirt_call)  # noqa: B010
 

@@ -391,3 +391,12 @@ def test_the_operation_index_knows_every_write_of_the_served_specs(app: CockpitA
     assert index.find("POST", f"{B}/vms/{VM}/action/extra") is None
     assert index.find("POST", f"{B}/vms") is None  # no such write
     assert index.find("GET", f"{B}/vms") is None  # reads are not indexed
+
+
+async def test_store_calls_are_timed_and_the_store_is_a_readiness_check(
+        app: CockpitApp, http: httpx.AsyncClient) -> None:
+    await _login(http)
+    text = (await http.get("/metrics")).text
+    assert 'cockpit_store_call_duration_seconds_count{operation="count_attempts"} 1.0' in text
+    assert 'cockpit_store_call_duration_seconds_count{operation="create_session"} 1.0' in text
+    assert await app.services.ready_checks["store"]() is None
