@@ -73,8 +73,8 @@ class CockpitApp:
         self.inner = inner
         self.services = services
         self._sleep = sleep
-        self._audited = Auditor(inner, services, index or (lambda: OperationIndex.of(inner)),
-                                clock)
+        self.auditor = Auditor(inner, services, index or (lambda: OperationIndex.of(inner)),
+                               clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -83,7 +83,7 @@ class CockpitApp:
             if latency and scope["path"].startswith(API_PREFIX):
                 await self._sleep(latency / 1000)
             if scope["method"] not in READS:
-                await self._audited(scope, receive, send)
+                await self.auditor(scope, receive, send)
                 return
         elif scope["type"] == "websocket":
             scope[SCOPE_KEY] = self.services
