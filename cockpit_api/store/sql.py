@@ -223,7 +223,8 @@ class SqlStore:
 
     @_unavailable
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        # Through _tx, like every call: sqlite:// is one connection shared by threads.
+        with self._tx() as conn:
             conn.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:
