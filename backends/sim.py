@@ -12,13 +12,15 @@ sequence of calls and clock advances always give the same answers.
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import itertools
 import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from backends import scenario as scenarios
@@ -98,7 +100,12 @@ class VirtualClock:
 
 @dataclass(slots=True)
 class Fault:
-    """A failure armed by the control plane for the next matching call(s)."""
+    """A failure armed by the control plane for the next matching call(s).
+
+    ``vm_id`` and ``host_id`` narrow it to calls on that VM, or on VMs of that
+    host (a migration matches its source and its destination), so that one
+    test's fault cannot fire in another test's flow.
+    """
 
     operation: str  # "action" | "migrate"
     mode: str = "reject"  # "reject": the call errors; "fail": the migration fails mid-way
@@ -106,6 +113,28 @@ class Fault:
     message: str = "injected fault"
     at_percent: float = 50.0
     remaining: int = 1
+    vm_id: str | None = None
+    host_id: str | None = None
+
+    def matches(self, operation: str, vm: Vm, destination: str | None) -> bool:
+        if self.operation != operation:
+            return False
+        if self.vm_id is not None and self.vm_id != vm.id:
+            return False
+        return self.host_id is None or self.host_id in (vm.host_id, destination)
+
+
+@dataclass(slots=True)
+class LatencyRule:
+    """Extra delay for requests whose path (under the base URL) matches a glob."""
+
+    ms: int
+    path: str  # fnmatch glob: "/api/v1/vms/*/migrate", "/api/v1/*/metrics"
+    method: str | None = None  # None: every method
+
+    def matches(self, path: str, method: str) -> bool:
+        return (self.method is None or self.method == method) \
+            and fnmatch.fnmatchcase(path, self.path)
 
 
 @dataclass(slots=True)
@@ -186,10 +215,14 @@ class SimulatedBackend:
         self.bandwidth = bandwidth_bytes_per_s
         self.setup_seconds = setup_seconds
         self.history_seconds = history_seconds
-        self.latency_ms = 0
+        self.latency_ms = 0  # every /api/v1 answer, unless a rule below matches
+        self.latency_rules: list[LatencyRule] = []
         self.faults: deque[Fault] = deque()
         self.scenario = scenario
         self.info = BackendInfo("sim", {"scenario": scenario.name, "seed": scenario.seed})
+        # Bumped on every reset, so that a reset world never hands out a migration id
+        # it gave before (a UI caching jobs by id would show the old one).
+        self._generation = 0
         self._s = self._build(scenario)
 
     # ------------------------------------------------------------ lifecycle
@@ -212,6 +245,8 @@ class SimulatedBackend:
             self.info = BackendInfo("sim", {"scenario": scenario.name, "seed": scenario.seed})
         self.faults.clear()
         self.latency_ms = 0
+        self.latency_rules.clear()
+        self._generation += 1
         self._s = self._build(self.scenario)
 
     def set_host_status(self, host_id: str, status: str) -> Host:
@@ -240,7 +275,31 @@ class SimulatedBackend:
             raise InvalidArgument("only a migration can fail mid-way", code="bad_fault")
         if fault.mode == "reject" and fault.status not in (409, 503):
             raise InvalidArgument("a rejection answers 409 or 503", code="bad_fault")
+        self._settle()
+        if fault.vm_id is not None:
+            self._s.inv.get_vm(fault.vm_id)  # 404 now, not a fault that never fires
+        if fault.host_id is not None:
+            self._s.inv.get_host(fault.host_id)
         self.faults.append(fault)
+
+    def set_latency(self, ms: int, path: str | None = None, method: str | None = None) -> None:
+        """Without ``path``: every /api/v1 answer. With it: a rule (0 removes it)."""
+        if path is None:
+            self.latency_ms = ms
+            return
+        method = method.upper() if method else None
+        self.latency_rules = [r for r in self.latency_rules
+                              if (r.path, r.method) != (path, method)]
+        if ms:
+            # The newest rule wins: it is looked at first.
+            self.latency_rules.insert(0, LatencyRule(ms, path, method))
+
+    def latency_for(self, path: str, method: str) -> int:
+        """Milliseconds to hold a request for ``path`` (relative to the base URL)."""
+        for rule in self.latency_rules:
+            if rule.matches(path, method):
+                return rule.ms
+        return self.latency_ms if path.startswith("/api/v1") else 0
 
     def advance(self, seconds: float) -> float:
         self.clock.advance(seconds)
@@ -250,17 +309,21 @@ class SimulatedBackend:
     def summary(self) -> dict[str, Any]:
         self._settle()
         s = self._s
+        now = self.now()
         return {
             "scenario": self.scenario.name,
             "seed": self.scenario.seed,
-            "now": self.now(),
+            "now": now,
+            "now_iso": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
             "speed": self.clock.speed,
             "latency_ms": self.latency_ms,
+            "latency_rules": [asdict(r) for r in self.latency_rules],
             "hosts": len(s.inv.hosts),
             "vms": len(s.inv.vms),
             "migrations_active": sum(
                 1 for j in s.jobs.values() if j.status not in FINAL_MIGRATION_STATUSES),
             "faults_armed": len(self.faults),
+            "faults": [asdict(f) for f in self.faults],
             "pending_events": len(s.events),
         }
 
@@ -297,7 +360,7 @@ class SimulatedBackend:
         self._settle()
         s = self._s
         vm = s.inv.get_vm(vm_id)
-        self._take_fault("action")
+        self._take_fault("action", vm)
         self._require_host(vm.host_id)
         if vm.migration_id is not None:
             raise Conflict(f"VM {vm.name} is migrating ({vm.migration_id})", code="vm_migrating")
@@ -351,7 +414,7 @@ class SimulatedBackend:
         if dest is None:
             raise NotFound(f"no host with id {request.destination_host_id}",
                            code="host_not_found")
-        fault = self._take_fault("migrate")
+        fault = self._take_fault("migrate", vm, dest.id)
         self._require_host(vm.host_id)
         if vm.migration_id is not None:
             raise Conflict(f"VM {vm.name} is already migrating ({vm.migration_id})",
@@ -449,7 +512,9 @@ class SimulatedBackend:
         inv = Inventory()
         host_history: dict[str, list[tuple[float, str]]] = {}
         for h in sc.hosts:
-            inv.put_host(Host(h.id, h.hostname, h.status, h.sync_cursor or int(t),  # type: ignore[arg-type]
+            # A cursor is the Unix time of the host's last change: never in the clock's future.
+            cursor = min(h.sync_cursor, int(t)) if h.sync_cursor else int(t)
+            inv.put_host(Host(h.id, h.hostname, h.status, cursor,  # type: ignore[arg-type]
                               h.cpus, h.memory_mib, 0))
             host_history[h.id] = [(born, h.status)]
         guests: dict[str, _Guest] = {}
@@ -462,8 +527,10 @@ class SimulatedBackend:
             guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
             members[v.host_id].add(v.id)
         inv.bulk_index()
-        return _State(inv, guests, host_history, members, JobTable(), [],
-                      random.Random(sc.seed), itertools.count(1))
+        # Job ids come from the seed and the reset count: repeatable, never reused.
+        rng = random.Random(sc.seed + self._generation * 0x9E3779B97F4A7C15)
+        return _State(inv, guests, host_history, members, JobTable(), [], rng,
+                      itertools.count(1))
 
     def _settle(self) -> None:
         """Apply every scheduled event that is due, in time order, each at its own time."""
@@ -484,9 +551,9 @@ class SimulatedBackend:
         if host.status != "connected":
             raise Unavailable(f"host {host.hostname} is disconnected", code="host_disconnected")
 
-    def _take_fault(self, operation: str) -> Fault | None:
+    def _take_fault(self, operation: str, vm: Vm, destination: str | None = None) -> Fault | None:
         for fault in self.faults:
-            if fault.operation == operation:
+            if fault.matches(operation, vm, destination):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self.faults.remove(fault)
