@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from backends import _sim_metrics as metrics
 from backends import scenario as scenarios
 from backends.base import (
     ACTIVE_STATUSES,
@@ -53,7 +54,6 @@ from backends.inventory import Inventory, JobTable
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-_MASK64 = (1 << 64) - 1
 _HISTORY_LIMIT = 2000
 
 
@@ -154,6 +154,7 @@ class _Job:
     error: str | None = None
     fail_fraction: float | None = None
     fail_message: str | None = None
+    copy: metrics.Interval | None = None  # while copying: for the metrics
 
     def processed(self, t: float) -> int:
         if self.status == "completed":
@@ -183,6 +184,7 @@ class _Guest:
     vcpus: int
     epoch: int = 0  # bumped on every power change; stale scheduled events check it
     history: list[tuple[float, str, str]] = field(default_factory=list)
+    copies: list[metrics.Interval] = field(default_factory=list)  # its migrations' copies
 
 
 @dataclass(slots=True)
@@ -482,6 +484,8 @@ class SimulatedBackend:
         host = self._s.inv.get_host(host_id)
         now = self.now()
         members = self._s.host_members.get(host_id, set())
+        copies = [j.copy for j in self._s.jobs.values() if j.copy is not None
+                  and host_id in (j.copy.source, j.copy.destination)]
         points = []
         for t in window.times():
             if t > now:
@@ -500,6 +504,9 @@ class SimulatedBackend:
                 mem += pt.memory_used_bytes
                 rates = [a + b for a, b in zip(rates, (pt.disk_read_bps, pt.disk_write_bps,
                                                       pt.net_rx_bps, pt.net_tx_bps), strict=True)]
+            for c in copies:
+                if c.covers(t):  # a migration's copy crosses both hosts' links
+                    rates[3 if c.source == host_id else 2] += c.bytes_per_s
             points.append(MetricPoint(t, round(min(100.0, 2.0 + cpu / host.cpus), 2),
                                       min(mem, host.memory_mib * MIB), *map(_r, rates)))
         return MetricSeries(host_id, window.start, window.end, window.step, tuple(points))
@@ -611,6 +618,11 @@ class SimulatedBackend:
             return
         job.status = "running"
         job.started_at = t
+        job.copy = metrics.Interval(t, None, job.source_host_id,
+                                    job.request.destination_host_id, job.bandwidth)
+        copies = self._s.guests[job.vm_id].copies
+        copies.append(job.copy)
+        del copies[:-16]  # bounded: charts of older copies lose their bump, nothing else
         duration = job.total_bytes / job.bandwidth
         if job.fail_fraction is not None:
             message = job.fail_message or "injected fault"
@@ -625,6 +637,8 @@ class SimulatedBackend:
         s = self._s
         job.status = status
         job.finished_at = t
+        if job.copy is not None:
+            job.copy.end = t
         job.error = error if status != "completed" else None
         vm = s.inv.vms.get(job.vm_id)
         if vm is None:
@@ -650,28 +664,20 @@ class SimulatedBackend:
         guest = self._s.guests.get(vm_id)
         if guest is None:
             return None
-        status, host_id = _at_time(guest.history, t, ("shutoff", ""))
+        hist = guest.history
+        i = _index_at(hist, t)
+        since, status, host_id = hist[i] if hist else (t, "shutoff", "")
+        # Booted: it came up from off (a resume or a reboot is no boot).
+        booted = i > 0 and hist[i - 1][1] not in ACTIVE_STATUSES
         vm = self._s.inv.vms.get(vm_id)
         mem_mib = vm.memory_mib if vm is not None else 0
-        load = guest.spec.load
-        if status in ("running", "blocked", "shutdown"):
-            n = [_noise(guest.salt + k, t) for k in range(5)]
-            return MetricPoint(
-                t, round(min(100.0, 100.0 * load * (0.5 + n[0])), 2),
-                int(mem_mib * MIB * (0.3 + 0.5 * load)),
-                _r(load * 4e6 * n[1]), _r(load * 2e6 * n[2]),
-                _r(load * 8e6 * n[3]), _r(load * 5e6 * n[4]),
-            ), host_id
-        if status in ("paused", "pmsuspended"):
-            return MetricPoint(t, 0.0, int(mem_mib * MIB * (0.3 + 0.5 * load)),
-                               0.0, 0.0, 0.0, 0.0), host_id
-        return MetricPoint(t, 0.0, 0, 0.0, 0.0, 0.0, 0.0), host_id
+        migrating = any(c.covers(t) for c in guest.copies)
+        return metrics.vm_point(guest.salt, guest.spec.load, mem_mib, t, status, since, booted,
+                                migrating), host_id
 
 
-def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[str, ...]:
-    """The entry of a (time, values...) history in force at time ``t``."""
-    if not history:
-        return default
+def _index_at(history: list[Any], t: float) -> int:
+    """The index of the (time, values...) entry in force at ``t`` (0 before the first)."""
     lo, hi = 0, len(history)
     while lo < hi:
         mid = (lo + hi) // 2
@@ -679,16 +685,14 @@ def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[st
             lo = mid + 1
         else:
             hi = mid
-    entry = history[lo - 1] if lo else history[0]
-    return tuple(entry[1:])
+    return lo - 1 if lo else 0
 
 
-def _noise(salt: int, t: int) -> float:
-    """A stable pseudo-random number in [0, 1) from (salt, t): splitmix64."""
-    x = (salt * 0x9E3779B97F4A7C15 + t) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (x ^ (x >> 31)) / 2.0**64
+def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The entry of a (time, values...) history in force at time ``t``."""
+    if not history:
+        return default
+    return tuple(history[_index_at(history, t)][1:])
 
 
 def _r(x: float) -> float:
