@@ -22,6 +22,7 @@ Example ``cockpit.toml``::
     clock_start = 1800000000       # pin the virtual clock's start (Unix s); default: now
     sandbox_max = 100              # how many sandboxes may exist at once (POST /_sim/sandboxes)
     sandbox_ttl = 1800             # default idle lifetime of a sandbox, seconds
+    sandbox_vm_budget = 250000     # VMs in all sandboxes together (the large scenario: 100000)
 
     [libvirt]
     state_file = "/var/lib/cockpit-api/hosts.json"   # stable host ids
@@ -101,6 +102,7 @@ class Settings:
     clock_start: float | None = None
     sandbox_max: int = 100
     sandbox_ttl: int = 1800
+    sandbox_vm_budget: int = 250_000  # VMs in all sandboxes' scenarios together
     state_file: str = "cockpit-hosts.json"
     resync_seconds: float = 30.0
     sample_seconds: float = 10.0

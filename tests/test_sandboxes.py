@@ -179,6 +179,22 @@ def test_the_cap(capped: TestClient, auth_clock: FakeClock) -> None:
                                capped.get("/_sim/sandboxes", headers=admin).json()["sandboxes"]]
 
 
+def test_a_vm_budget_bounds_what_all_sandboxes_hold(sim: SimulatedBackend,
+                                                    auth_clock: FakeClock) -> None:
+    settings = Settings(jwt_secret=SECRET, sandbox_vm_budget=20)
+    with TestClient(create_app(settings, backend=sim, auth_clock=auth_clock)) as c:
+        admin = login(c, "admin", "admin")
+        first = _new(c, admin)  # 14 VMs
+        r = c.post("/_sim/sandboxes", headers=admin)
+        assert r.status_code == 409 and r.json()["code"] == "sandbox_limit"
+        assert "hold 20 VMs in all; 14 are held" in r.json()["detail"]
+        small = {"hosts": [{"hostname": "h"}], "vms": [{"name": "v", "host": "h"}]}
+        assert c.post("/_sim/sandboxes", json={"scenario": small},
+                      headers=admin).status_code == 201
+        c.delete(f"/_sim/sandboxes/{first['id']}", headers=admin)
+        assert c.post("/_sim/sandboxes", headers=admin).status_code == 201
+
+
 def test_scenario_seed_and_clock_options(client: TestClient, admin: dict[str, str]) -> None:
     data = {"name": "tiny", "hosts": [{"hostname": "h1.example"}, {"hostname": "h2.example"}],
             "vms": [{"name": "only", "host": "h1.example", "status": "running"}]}
