@@ -124,8 +124,11 @@ class SandboxRegistry:
                 f"sandboxes may hold {budget} VMs in all; {held} are held and this scenario "
                 f"has {len(sc.vms)}: delete a sandbox or raise sandbox_vm_budget",
                 code="sandbox_limit")
-        clock = VirtualClock(now if clock_start is None else clock_start,
-                             speed=self.settings.speed if speed is None else speed)
+        # Unless told otherwise, a sandbox's clock starts where the server's was pinned
+        # (--clock-start), else now, and runs at the server's --speed.
+        if clock_start is None:
+            clock_start = now if self.settings.clock_start is None else self.settings.clock_start
+        clock = VirtualClock(clock_start, speed=self.settings.speed if speed is None else speed)
         backend = SimulatedBackend(sc, clock)
         s = self.settings
         auth = AuthService(

@@ -217,6 +217,14 @@ def test_scenario_seed_and_clock_options(client: TestClient, admin: dict[str, st
                        json={"username": "admin", "password": "admin"}).status_code == 401
 
 
+def test_a_pinned_server_clock_pins_its_sandboxes(sim: SimulatedBackend,
+                                                  auth_clock: FakeClock) -> None:
+    settings = Settings(jwt_secret=SECRET, clock_start=1_750_000_000, speed=0)
+    with TestClient(create_app(settings, backend=sim, auth_clock=auth_clock)) as c:
+        admin = login(c, "admin", "admin")
+        assert c.post("/_sim/sandboxes", headers=admin).json()["now"] == 1_750_000_000
+
+
 def test_specs_and_ui_point_at_the_sandbox(client: TestClient, admin: dict[str, str]) -> None:
     base = _new(client, admin)["path"]
     assert client.get(f"{base}{API}/openapi.json").json()["servers"] == [{"url": f"{base}{API}"}]
