@@ -130,6 +130,12 @@ def test_worlds_do_not_see_each_others_changes(client: TestClient, admin: dict[s
     assert sleeps == [0.3]
     r = client.post(f"{a}{API}/vms/{DB1}/action", json={"action": "suspend"}, headers=ha)
     assert r.status_code == 503 and r.json()["code"] == "injected_fault"
+    # B loads another scenario: A and the root keep theirs.
+    tiny = {"hosts": [{"hostname": "h1"}], "vms": [{"name": "only", "host": "h1"}]}
+    assert client.post(f"{b}/_sim/scenario", json={"data": tiny},
+                       headers=hb).json()["vms"] == 1
+    assert client.get(f"{a}/_sim/state", headers=ha).json()["vms"] == 14
+    assert client.get("/_sim/state", headers=admin).json()["vms"] == 14
     # Clocks are separate: advancing A finishes A's migration only.
     client.post(f"{a}/_sim/clock", json={"advance": 60}, headers=ha)
     assert client.get(f"{a}{API}/migrations/{mid}", headers=ha).json()["status"] == "completed"
