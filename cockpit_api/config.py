@@ -10,6 +10,11 @@ Example ``cockpit.toml``::
     cors_origins = ["http://localhost:5173"]   # default ["*"]
     cors_allow_headers = ["X-Trace-Id"]         # added to Authorization, Content-Type, X-Request-Id
     cors_credentials = false       # true needs explicit cors_origins (browsers refuse "*")
+    tls_cert = "/etc/cockpit-api/tls.crt"   # PEM; with tls_key, serve HTTPS
+    tls_key = "/etc/cockpit-api/tls.key"
+    log_format = "json"            # or "text" (default)
+    access_log = true              # one line per request (default off)
+    metrics_token = "a long random string"   # /metrics then needs it as a bearer token
 
     [auth]
     jwt_secret = "at least 32 bytes of secret ......"
@@ -54,12 +59,15 @@ Example ``cockpit.toml``::
 Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
 ``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_CLOCK_START``, ``COCKPIT_JWT_SECRET``,
 ``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``,
-``COCKPIT_SANDBOX_MAX``, ``COCKPIT_SANDBOX_TTL``, (comma-separated lists)
-``COCKPIT_CORS_ORIGINS``, ``COCKPIT_CORS_ALLOW_HEADERS``; ``COCKPIT_CORS_CREDENTIALS``
-(``1``/``true`` or ``0``/``false``), and one per
+``COCKPIT_TLS_CERT``, ``COCKPIT_TLS_KEY``, ``COCKPIT_LOG_FORMAT``,
+``COCKPIT_ACCESS_LOG`` (``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``),
+``COCKPIT_METRICS_TOKEN``, ``COCKPIT_SANDBOX_MAX``, ``COCKPIT_SANDBOX_TTL``,
+(comma-separated lists) ``COCKPIT_CORS_ORIGINS``, ``COCKPIT_CORS_ALLOW_HEADERS``;
+``COCKPIT_CORS_CREDENTIALS`` (a boolean, as above), and one per
 ``[limits]`` setting: ``COCKPIT_MAX_BODY_BYTES``, ``COCKPIT_MAX_JSON_DEPTH``,
 ``COCKPIT_BODY_TIMEOUT``, ``COCKPIT_MAX_HEADER_BYTES``, ``COCKPIT_MAX_HEADERS``,
-``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``.
+``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``. The README's operator
+section has them all in one table.
 """
 
 from __future__ import annotations
@@ -106,6 +114,11 @@ class Settings:
     cors_allow_headers: list[str] = field(default_factory=list)
     cors_credentials: bool = False
     validate_responses: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_format: str = "text"  # or "json": one object per line (cockpit_api/logs.py)
+    access_log: bool = False
+    metrics_token: str | None = None  # None: /metrics is open (like most exporters)
     jwt_secret: str | None = None
     jwt_issuer: str = "cockpit-api"
     jwt_audience: str = "cockpit-api"
@@ -173,9 +186,10 @@ class Settings:
         conversions: tuple[tuple[str, Callable[[str], Any]], ...] = (
             ("backend", str), ("host", str), ("port", int), ("scenario", str),
             ("speed", float), ("clock_start", float), ("jwt_secret", str), ("token_ttl", int),
-            ("refresh_ttl", int), ("state_file", str), ("sandbox_max", int),
-            ("sandbox_ttl", int), ("cors_origins", _csv), ("cors_allow_headers", _csv),
-            ("cors_credentials", _flag),
+            ("refresh_ttl", int), ("state_file", str), ("tls_cert", str),
+            ("tls_key", str), ("log_format", str), ("access_log", _boolean),
+            ("metrics_token", str), ("sandbox_max", int), ("sandbox_ttl", int),
+            ("cors_origins", _csv), ("cors_allow_headers", _csv), ("cors_credentials", _boolean),
             *((name, int) for name in _INT_LIMITS),
             *((name, float) for name in _FLOAT_LIMITS))
         for key, conv in conversions:
@@ -184,8 +198,8 @@ class Settings:
                 try:
                     setattr(self, key, conv(value))
                 except ValueError:
-                    raise ConfigError(f"COCKPIT_{key.upper()}={value!r} is not a "
-                                      f"{getattr(conv, '__name__', 'value').strip('_')}") from None
+                    kind = "boolean" if conv is _boolean else getattr(conv, "__name__", "value")
+                    raise ConfigError(f"COCKPIT_{key.upper()}={value!r} is not a {kind}") from None
 
     def _check(self) -> None:
         if self.backend not in ("sim", "libvirt"):
@@ -195,6 +209,10 @@ class Settings:
                 raise ConfigError(f"user {u.username}: role is admin or viewer")
         if self.token_ttl <= 0 or self.refresh_ttl <= 0:
             raise ConfigError("token lifetimes must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both tls_cert and tls_key (PEM files), or neither")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format is 'text' or 'json', not {self.log_format!r}")
         for name in (*_INT_LIMITS, *_FLOAT_LIMITS):
             value = getattr(self, name)
             if (not isinstance(value, (int, float)) or isinstance(value, bool)
@@ -210,17 +228,17 @@ class Settings:
             raise ConfigError("cors_credentials needs explicit cors_origins, not \"*\"")
 
 
-def _csv(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
-def _flag(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
+def _boolean(value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
         return True
-    if value.lower() in ("0", "false", "no", "off", ""):
+    if word in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(value)
 
 
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 _csv.__name__ = "comma-separated list"
-_flag.__name__ = "boolean (1/0, true/false)"

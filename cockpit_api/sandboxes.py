@@ -33,7 +33,9 @@ from backends.base import Conflict, InvalidArgument, NotFound
 from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.auth import AuthService, AuthSettings, User, hash_password
 from cockpit_api.config import Settings
+from cockpit_api.feed import feed_of
 from cockpit_api.state import Services
+from cockpit_api.telemetry import Metrics
 
 PREFIX = "/sandboxes/"
 # Set in the scope of a request naming a sandbox that does not exist (any more), so that
@@ -65,10 +67,12 @@ class SandboxRegistry:
     """The sandboxes of one app: create, find (renewing), list, delete, expire."""
 
     def __init__(self, settings: Settings, clock: Callable[[], float],
-                 config_users: list[User]) -> None:
+                 config_users: list[User], metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self._config_users = config_users
+        # The server's request metrics count every world's requests (one /metrics).
+        self.metrics = metrics if metrics is not None else Metrics()
         self._boxes: dict[str, Sandbox] = {}
         self._next_expiry = float("inf")
         # scrypt costs ~30 ms on purpose; a sandbox's demo users would make each create
@@ -139,9 +143,11 @@ class SandboxRegistry:
             clock=self.clock,
         )
         sid = secrets.token_hex(8)
-        box = Sandbox(sid, Services(backend, auth, s, sandboxes=self, sandbox_id=sid),
-                      sc.name, label, now, now, ttl_seconds or s.sandbox_ttl)
+        services = Services(backend, auth, s, self.metrics, sandboxes=self, sandbox_id=sid)
+        box = Sandbox(sid, services, sc.name, label, now, now, ttl_seconds or s.sandbox_ttl)
+        feed_of(backend)  # its change feed's history starts with the sandbox
         await backend.start()
+        services.started = True
         self._boxes[sid] = box
         self._next_expiry = min(self._next_expiry, box.expires_at)
         return box

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from cockpit_api.telemetry import Metrics
 
 if TYPE_CHECKING:
     from backends.base import Backend
@@ -12,6 +15,12 @@ if TYPE_CHECKING:
     from cockpit_api.sandboxes import SandboxRegistry
 
 SCOPE_KEY = "cockpit"
+# The request's id (str): the client's valid X-Request-Id or one made here
+# (cockpit_api/access.py). Read it with ``scope[REQUEST_ID_KEY]`` or request_id_of().
+REQUEST_ID_KEY = "cockpit.request_id"
+
+# A readiness check answers None when fine, else a short reason; /readyz runs them all.
+ReadyCheck = Callable[[], Awaitable[str | None]]
 
 
 @dataclass
@@ -19,6 +28,10 @@ class Services:
     backend: Backend
     auth: AuthService
     settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    # By name; the app adds "backend"; the store adds its own ("store") when it exists.
+    ready_checks: dict[str, ReadyCheck] = field(default_factory=dict)
+    started: bool = False  # set by the lifespan once backend.start() returned
     # The app's sandboxes (simulator only), shared by every world; sandbox_id is None
     # in the default world, the root API.
     sandboxes: SandboxRegistry | None = None
@@ -28,3 +41,8 @@ class Services:
 def services_of(scope: Any) -> Services:
     services: Services = scope[SCOPE_KEY]
     return services
+
+
+def request_id_of(scope: Any) -> str | None:
+    rid: str | None = scope.get(REQUEST_ID_KEY)
+    return rid

@@ -341,3 +341,25 @@ def test_migration_ids_are_not_reused_after_a_reset(client: TestClient,
         seen.add(r.json()["migration_id"])
         client.post("/_sim/reset", headers=admin)
     assert len(seen) == 3
+
+
+def test_each_world_has_its_own_change_feed(client: TestClient, admin: dict[str, str]) -> None:
+    a, ha = _enter(client, _new(client, admin))
+    b, hb = _enter(client, _new(client, admin))
+    worlds = [(a, ha), (b, hb), ("", admin)]
+    positions = [client.get(f"{base}{API}/vms", headers=h).headers["x-feed-position"]
+                 for base, h in worlds]
+    client.post(f"{a}{API}/vms/{BUILD1}/action", json={"action": "start"}, headers=ha)
+
+    def events(base: str, h: dict[str, str], after: str) -> list[dict[str, object]]:
+        r = client.get(f"{base}{API}/events", params={"after": after, "wait": 0},
+                       headers={**h, "Accept": "application/json"})
+        assert r.status_code == 200, r.text
+        got: list[dict[str, object]] = r.json()["events"]
+        return got
+
+    seen = events(a, ha, positions[0])
+    assert [(e["type"], e["data"]["id"], e["data"]["status"]) for e in seen  # type: ignore[index]
+            if e["type"] == "vm"] == [("vm", BUILD1, "running")]
+    for (base, h), after in zip(worlds[1:], positions[1:], strict=True):
+        assert events(base, h, after) == []

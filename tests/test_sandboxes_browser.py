@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.browser import browser  # noqa: F401  (pytest fixture)
 from tests.sandbox_flows import World, new_sandbox
 from tests.serving import served
 
@@ -133,7 +132,7 @@ def frontend() -> Iterator[str]:
         httpd.server_close()
 
 
-def test_two_browser_sessions_in_two_sandboxes(browser: Browser, server: str,  # noqa: F811
+def test_two_browser_sessions_in_two_sandboxes(browser: Browser, server: str,
                                                frontend: str) -> None:
     root = World(server)
     a, b = new_sandbox(root, "browser a"), new_sandbox(root, "browser b")
