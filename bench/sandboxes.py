@@ -91,6 +91,10 @@ def _heap(count: int) -> dict[str, float]:
     """In-process: Python heap per sandbox (tracemalloc), each logged into and listed."""
     import asyncio
     import tracemalloc
+    import warnings
+
+    # Connexion imports Starlette's test client, which warns about httpx (cockpit_api/cli.py).
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
     sys.path.insert(0, str(ROOT))
     from backends.base import PageRequest, VmFilter
