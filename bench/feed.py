@@ -41,6 +41,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from array import array
@@ -384,7 +385,7 @@ def main() -> int:
     server_pin, client_pin = ([], []) if args.no_pin else pinning()
     port = free_port()
     env = dict(os.environ, COCKPIT_JWT_SECRET=SECRET)
-    log = open(BENCH / "results" / ".feed-server.log", "w")  # noqa: SIM115 - closed below
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed below; a file, never a full pipe
     server = subprocess.Popen(
         [*server_pin, sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port),
          "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -401,7 +402,7 @@ def main() -> int:
                 time.sleep(0.1)  # polling a starting process, bounded by the deadline
         _, _, pair = http("POST", f"http://127.0.0.1:{port}/api/v1/auth/login",
                           {"username": "admin", "password": "admin"})
-        out = BENCH / "results" / ".feed-client.json"
+        out = Path(tempfile.mkdtemp(prefix="cockpit-feed-")) / "client.json"
         subprocess.run([*client_pin, sys.executable, __file__, "--subscribers",
                         str(args.subscribers), "--interval", str(args.interval), "--duration",
                         str(args.duration), "--warmup", str(args.warmup),
