@@ -28,7 +28,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from backends.base import Backend, BackendError
-from cockpit_api import problems
+from cockpit_api import problems, web
 from cockpit_api.auth import (
     AuthError,
     AuthService,
@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         app.add_api(CONTROL_SPEC, strict_validation=True,
                     validate_responses=settings.validate_responses,
                     validator_map=validator_map())
+    web.add_routes(app, backend)
     _precompute_signatures()
     app.add_middleware(
         CORSMiddleware,

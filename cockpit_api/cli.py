@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     base = f"http://{settings.host}:{settings.port}"
     print(f"Cockpit API ({settings.backend} backend) on {base}/api/v1", flush=True)
+    print(f"  Dashboard  {base}/dashboard/", flush=True)
     print(f"  Swagger UI {base}/api/v1/ui/   spec {base}/api/v1/openapi.json", flush=True)
     scenario = getattr(app.services.backend, "scenario", None)
     if scenario is not None:

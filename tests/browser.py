@@ -6,9 +6,7 @@ tests reach only package registries). It launches the system browser instead,
 ``/usr/bin/chromium`` from Debian's ``chromium`` package (lab/install-deps.sh
 installs it as root; ``make test`` runs that).
 
-Use::
-
-    from tests.browser import browser, page  # noqa: F401  (pytest fixtures)
+tests/conftest.py imports the fixtures, so any test can ask for them::
 
     def test_it(page: Page) -> None:
         page.goto(...)

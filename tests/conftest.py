@@ -12,6 +12,9 @@ from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.config import Settings
 
+# Headless Chromium for any test that asks for `browser`, `context` or `page`.
+from tests.browser import browser, context, page  # noqa: F401
+
 T0 = 1_800_000_000.0
 SECRET = "test-secret-that-is-long-enough-for-every-hmac-algorithm-0123456789"
 NODE1 = "019e0014-abcd-7057-b326-000000000001"

@@ -1,0 +1,136 @@
+// The simulator panel (admins, simulated backend only): the control plane of
+// cockpit_api/control.yaml, plus sandboxes where the server has them.
+import { ApiError } from "./api.js";
+import { announce, badge, h, replace, showError } from "./dom.js";
+export class SimPanel {
+    constructor(api, root, relist, hostChanged, hosts) {
+        this.api = api;
+        this.relist = relist;
+        this.hostChanged = hostChanged;
+        this.hosts = hosts;
+        this.sandboxes = null; // null: this server has none
+        this.stateBox = h("dl", { class: "sim-state", "aria-live": "off" });
+        this.hostBox = h("div", { class: "sim-hosts" });
+        this.sandboxBox = h("div", { class: "sim-sandboxes" });
+        replace(root, this.stateBox, this.group("Scenario", this.scenarioForm()), this.group("Clock", this.clockForm()), this.group("Latency", this.latencyForm()), this.group("Hosts", this.hostBox), this.group("Fault", this.faultForm()), this.group("Sandboxes", this.sandboxBox));
+        this.loadSandboxes().catch(() => undefined);
+    }
+    group(title, body) {
+        return h("fieldset", { class: "sim-group" }, h("legend", {}, title), body);
+    }
+    run(what, call, thenRelist = false) {
+        call()
+            .then((res) => {
+            if (res && typeof res === "object" && "now" in res)
+                this.showState(res);
+            announce(`${what}: done`);
+            return thenRelist ? this.relist() : undefined;
+        })
+            .catch((err) => showError(err, what));
+    }
+    async refresh() {
+        try {
+            this.showState(await this.api.simState());
+        }
+        catch (err) {
+            // Not fatal: the panel just shows the last state it had.
+            if (!(err instanceof ApiError))
+                throw err;
+        }
+    }
+    showState(s) {
+        const row = (k, v, key) => [h("dt", {}, k), h("dd", { "data-sim": key }, v)];
+        replace(this.stateBox, ...row("Scenario", `${s.scenario} (seed ${s.seed})`, "scenario"), ...row("Now", `${new Date(Math.floor(s.now) * 1000).toISOString().replace(".000Z", " UTC").replace("T", " ")}`, "now"), ...row("Speed", `${s.speed}×`, "speed"), ...row("Latency", `${s.latency_ms} ms`, "latency"), ...row("Inventory", `${s.hosts} hosts, ${s.vms} VMs`, "inventory"), ...row("Active", `${s.migrations_active} migrations, ${s.faults_armed} faults armed`, "active"));
+    }
+    scenarioForm() {
+        const name = h("input", { id: "sim-scenario", list: "sim-scenarios", value: "default", required: true,
+            pattern: "[A-Za-z0-9_-]{1,64}" });
+        const form = h("form", { class: "row" }, h("label", { for: "sim-scenario" }, "Name"), name, h("datalist", { id: "sim-scenarios" }, h("option", { value: "default" }), h("option", { value: "large" })), h("button", { type: "submit" }, "Load"), h("button", { type: "button", id: "sim-reset",
+            onclick: () => this.run("Reset", () => this.api.simReset(), true) }, "Reset"));
+        form.addEventListener("submit", (ev) => {
+            ev.preventDefault();
+            this.run(`Load scenario ${name.value}`, () => this.api.simScenario(name.value), true);
+        });
+        return form;
+    }
+    clockForm() {
+        const speed = h("input", { id: "sim-speed", type: "number", min: 0, max: 10000, step: "any", value: "1" });
+        const advance = h("input", { id: "sim-advance", type: "number", min: 0, max: 31536000, step: "any", value: "10" });
+        const speedForm = h("form", { class: "row" }, h("label", { for: "sim-speed" }, "Speed (virtual s per s)"), speed, h("button", { type: "submit" }, "Set speed"));
+        speedForm.addEventListener("submit", (ev) => {
+            ev.preventDefault();
+            this.run("Set speed", () => this.api.simClock({ speed: Number(speed.value) }));
+        });
+        const advanceForm = h("form", { class: "row" }, h("label", { for: "sim-advance" }, "Advance (s)"), advance, h("button", { type: "submit", id: "sim-advance-go" }, "Advance"));
+        advanceForm.addEventListener("submit", (ev) => {
+            ev.preventDefault();
+            this.run(`Advance ${advance.value} s`, () => this.api.simClock({ advance: Number(advance.value) }));
+        });
+        return h("div", {}, speedForm, advanceForm);
+    }
+    latencyForm() {
+        const ms = h("input", { id: "sim-latency", type: "number", min: 0, max: 60000, step: 1, value: "0" });
+        const form = h("form", { class: "row" }, h("label", { for: "sim-latency" }, "Delay every API answer (ms)"), ms, h("button", { type: "submit" }, "Set latency"));
+        form.addEventListener("submit", (ev) => {
+            ev.preventDefault();
+            this.run("Set latency", () => this.api.simLatency(Number(ms.value)));
+        });
+        return form;
+    }
+    renderHosts() {
+        const hosts = this.hosts().sort((a, b) => a.hostname.localeCompare(b.hostname));
+        replace(this.hostBox, h("ul", { class: "sim-host-items" }, ...hosts.map((x) => {
+            const up = x.status === "connected";
+            const what = up ? "disconnect" : "reconnect";
+            return h("li", {}, h("span", {}, x.hostname.split(".")[0], " ", badge(x.status)), h("button", { type: "button", class: up ? "small danger" : "small", "data-key": `sim-${what}-${x.id}`,
+                "data-sim-host": x.id, "aria-label": `${up ? "Disconnect" : "Reconnect"} ${x.hostname}`,
+                onclick: () => this.run(`${up ? "Disconnect" : "Reconnect"} ${x.hostname}`, () => this.api.simHost(x.id, what).then((host) => { this.hostChanged(host); return null; }), true) }, up ? "Disconnect" : "Reconnect"));
+        })));
+    }
+    faultForm() {
+        const op = h("select", { id: "fault-op" }, h("option", { value: "migrate" }, "migration"), h("option", { value: "action" }, "power action"));
+        const mode = h("select", { id: "fault-mode" }, h("option", { value: "fail" }, "fail mid-way"), h("option", { value: "reject" }, "reject the call"));
+        const status = h("select", { id: "fault-status" }, h("option", { value: "503" }, "503"), h("option", { value: "409" }, "409"));
+        const at = h("input", { id: "fault-at", type: "number", min: 0, max: 99, value: "50" });
+        const count = h("input", { id: "fault-count", type: "number", min: 1, max: 1000, value: "1" });
+        const message = h("input", { id: "fault-message", maxlength: 500, value: "injected fault" });
+        const form = h("form", { class: "grid2" }, h("label", { for: "fault-op" }, "Operation"), op, h("label", { for: "fault-mode" }, "Mode"), mode, h("label", { for: "fault-status" }, "Status (reject)"), status, h("label", { for: "fault-at" }, "At % (fail)"), at, h("label", { for: "fault-count" }, "Times"), count, h("label", { for: "fault-message" }, "Message"), message, h("div", { class: "buttons" }, h("button", { type: "submit", id: "fault-arm" }, "Arm fault"), h("button", { type: "button", onclick: () => this.run("Clear faults", () => this.api.simClearFaults()) }, "Clear faults")));
+        form.addEventListener("submit", (ev) => {
+            ev.preventDefault();
+            const fault = op.value === "migrate" && mode.value === "fail"
+                ? { operation: "migrate", mode: "fail", at_percent: Number(at.value), count: Number(count.value), message: message.value }
+                : { operation: op.value, mode: "reject", status: Number(status.value),
+                    count: Number(count.value), message: message.value };
+            this.run("Arm fault", () => this.api.simFault(fault));
+        });
+        return form;
+    }
+    async loadSandboxes() {
+        try {
+            const res = await this.api.listSandboxes();
+            this.sandboxes = Array.isArray(res) ? res : res.sandboxes;
+        }
+        catch (err) {
+            if (err instanceof ApiError && (err.status === 404 || err.status === 405))
+                this.sandboxes = null;
+            else
+                throw err;
+        }
+        this.renderSandboxes();
+    }
+    renderSandboxes() {
+        if (this.sandboxes === null) {
+            replace(this.sandboxBox, h("p", { class: "note" }, "This server has no sandboxes."));
+            return;
+        }
+        const create = h("button", { type: "button", id: "sandbox-new", onclick: () => {
+                this.api.createSandbox().then((sb) => {
+                    this.sandboxes = [...(this.sandboxes ?? []).filter((s) => s.id !== sb.id), sb];
+                    this.renderSandboxes();
+                    announce(`Sandbox ${sb.id} created`);
+                }).catch((err) => showError(err, "New sandbox"));
+            } }, "New sandbox");
+        replace(this.sandboxBox, this.sandboxes.length ? h("ul", {}, ...this.sandboxes.map((sb) => h("li", { "data-sandbox": sb.id }, h("code", {}, sb.id), " ", h("a", { href: `?sandbox=${encodeURIComponent(sb.id)}`, target: "_blank", rel: "noopener" }, "Open")))) :
+            h("p", { class: "note" }, "No sandboxes yet."), create);
+    }
+}
