@@ -38,6 +38,9 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
+from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
+from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
+from cockpit_api.sandboxes import SandboxRegistry
 from cockpit_api.state import SCOPE_KEY, Services
 from cockpit_api.validators import validator_map
 
@@ -48,10 +51,21 @@ SPEC = ROOT / "openapi.yaml"
 CONTROL_SPEC = Path(__file__).resolve().parent / "control.yaml"
 API_PREFIX = "/api/v1"
 CONTROL_PREFIX = "/_sim"
+# Request headers a browser app may always send; Settings.cors_allow_headers adds more.
+CORS_BASE_HEADERS = ("Authorization", "Content-Type", "X-Request-Id", "Last-Event-ID",
+                     "If-None-Match")
+CORS_EXPOSE_HEADERS = ("Location", "Retry-After", "WWW-Authenticate", "X-Request-Id",
+                       "X-Feed-Position", "ETag")
 
 
 class CockpitApp:
-    """The ASGI app: puts this instance's services in each scope, adds simulated latency."""
+    """The ASGI app: picks the world a request is for, puts its services in the scope,
+    adds its simulated latency.
+
+    ``/sandboxes/{id}/...`` is a sandbox (cockpit_api/sandboxes.py): the scope's
+    ``root_path`` becomes ``/sandboxes/{id}``, below which the one shared Connexion
+    app routes as at the root. Everything else is the default world.
+    """
 
     def __init__(self, inner: connexion.AsyncApp, services: Services,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
@@ -60,13 +74,27 @@ class CockpitApp:
         self._sleep = sleep
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.inner(scope, receive, send)
+            return
+        services = self.services
+        path: str = scope["path"]
+        registry = services.sandboxes
+        if registry is not None and path.startswith(SANDBOX_PREFIX):
+            sid, box = registry.route(path)
+            if box is None:
+                scope[MISSING_SANDBOX] = sid  # routed nowhere: a 404 that names the sandbox
+            else:
+                services = box.services
+                root = scope.get("root_path", "") + box.path
+                scope = dict(scope, root_path=root)
+                path = path[len(box.path):]
+        scope[SCOPE_KEY] = services
         if scope["type"] == "http":
-            scope[SCOPE_KEY] = self.services
-            latency = getattr(self.services.backend, "latency_ms", 0)
-            if latency and scope["path"].startswith(API_PREFIX):
+            latency_for = getattr(services.backend, "latency_for", None)
+            latency = latency_for(path, scope["method"]) if latency_for else 0
+            if latency:
                 await self._sleep(latency / 1000)
-        elif scope["type"] == "websocket":
-            scope[SCOPE_KEY] = self.services
         await self.inner(scope, receive, send)
 
 
@@ -86,8 +114,12 @@ def build_backend(settings: Settings) -> Backend:
     return LibvirtBackend.from_settings(settings)
 
 
+def _config_users(settings: Settings) -> list[User]:
+    return [User(u.username, u.password_hash, u.role) for u in settings.users]
+
+
 def _users(settings: Settings, backend: Backend) -> list[User]:
-    users = [User(u.username, u.password_hash, u.role) for u in settings.users]
+    users = _config_users(settings)
     scenario = getattr(backend, "scenario", None)
     if scenario is not None:
         # Demo users exist only with the simulator, never in front of real hosts.
@@ -108,7 +140,7 @@ def _precompute_signatures() -> None:
     x-bearerInfoFunc for every request; inspect returns ``__signature__`` at once
     when a function carries one (about 10% of a request, bench/README.md).
     """
-    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control"):
+    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "sandboxes"):
         module = importlib.import_module(f"handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
@@ -133,6 +165,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         clock=auth_clock,
     )
     services = Services(backend, auth, settings)
+    scenario = getattr(backend, "scenario", None)
+    if scenario is not None:  # the simulator: sandboxes are more simulated worlds
+        services.sandboxes = SandboxRegistry(settings, auth_clock, _config_users(settings))
+        services.sandboxes.remember(scenario.users, auth.users)
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -140,6 +176,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         try:
             yield
         finally:
+            if services.sandboxes is not None:
+                await services.sandboxes.close()
             await backend.close()
 
     app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan)
@@ -161,9 +199,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         CORSMiddleware,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type"],
-        expose_headers=["Location", "Retry-After", "WWW-Authenticate"],
+        allow_credentials=settings.cors_credentials,
+        # Every method an operation of the two specs uses (DELETE /_sim/faults, ...).
+        allow_methods=problems.declared_methods(),
+        allow_headers=[*CORS_BASE_HEADERS, *settings.cors_allow_headers],
+        expose_headers=list(CORS_EXPOSE_HEADERS),
     )
     app.add_error_handler(BackendError, problems.on_backend_error)
     app.add_error_handler(AuthError, problems.on_auth_error)

@@ -7,6 +7,7 @@ import gc
 import getpass
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from cockpit_api.config import ConfigError, Settings
@@ -20,6 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.load(
         args.config, backend=args.backend, scenario=args.scenario, host=args.host,
         port=args.port, speed=args.speed, validate_responses=args.validate_responses or None,
+        clock_start=args.clock_start,
     )
     app = create_app(settings)
     base = f"http://{settings.host}:{settings.port}"
@@ -32,6 +34,8 @@ def _serve(args: argparse.Namespace) -> int:
               f" control plane {base}/_sim/ui/", flush=True)
         users = ", ".join(f"{u.username}/{u.password} ({u.role})" for u in scenario.users)
         print(f"  demo users: {users}", flush=True)
+        print(f"  sandboxes: POST {base}/_sim/sandboxes (admin; at most {settings.sandbox_max},"
+              f" idle expiry {settings.sandbox_ttl} s)", flush=True)
     # Everything built so far (spec, validators, scenario) lives as long as the process:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
     gc.collect()
@@ -58,6 +62,22 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instant(value: str) -> float:
+    """Unix seconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    from datetime import UTC, datetime
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither Unix seconds nor an ISO 8601 time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cockpit-api", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help="TOML config file")
     serve.add_argument("--speed", type=float, default=None,
                        help="virtual seconds per real second for the simulator (default 1)")
+    serve.add_argument("--clock-start", type=_instant, default=None,
+                       help="pin the virtual clock's start: Unix seconds or an ISO 8601 time "
+                            "(default: now)")
     serve.add_argument("--validate-responses", action="store_true",
                        help="check every answer against openapi.yaml (slower)")
     serve.add_argument("--log-level", default="info")
@@ -89,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Connexion 3.3 imports Starlette's test client at import time (connexion/apps/abstract.py),
+    # and Starlette then warns, on every start, about the test client's httpx dependency: a
+    # warning about tests that a server user can do nothing about.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

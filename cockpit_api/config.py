@@ -7,7 +7,9 @@ Example ``cockpit.toml``::
     [server]
     host = "127.0.0.1"
     port = 8080
-    cors_origins = ["http://localhost:5173"]
+    cors_origins = ["http://localhost:5173"]   # default ["*"]
+    cors_allow_headers = ["X-Trace-Id"]         # added to Authorization, Content-Type, X-Request-Id
+    cors_credentials = false       # true needs explicit cors_origins (browsers refuse "*")
 
     [auth]
     jwt_secret = "at least 32 bytes of secret ......"
@@ -17,6 +19,9 @@ Example ``cockpit.toml``::
     [sim]
     scenario = "default"           # a name in scenarios/ or a file path
     speed = 1.0                    # virtual seconds per real second
+    clock_start = 1800000000       # pin the virtual clock's start (Unix s); default: now
+    sandbox_max = 100              # how many sandboxes may exist at once (POST /_sim/sandboxes)
+    sandbox_ttl = 1800             # default idle lifetime of a sandbox, seconds
 
     [libvirt]
     state_file = "/var/lib/cockpit-api/hosts.json"   # stable host ids
@@ -37,14 +42,18 @@ Example ``cockpit.toml``::
     role = "admin"
 
 Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
-``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_JWT_SECRET``,
-``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``.
+``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_CLOCK_START``, ``COCKPIT_JWT_SECRET``,
+``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``,
+``COCKPIT_SANDBOX_MAX``, ``COCKPIT_SANDBOX_TTL``, and (comma-separated lists)
+``COCKPIT_CORS_ORIGINS``, ``COCKPIT_CORS_ALLOW_HEADERS``; ``COCKPIT_CORS_CREDENTIALS``
+is ``1``/``true`` or ``0``/``false``.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +85,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    # Request headers a browser may send besides the built-in ones (CORS_BASE_HEADERS).
+    cors_allow_headers: list[str] = field(default_factory=list)
+    cors_credentials: bool = False
     validate_responses: bool = False
     jwt_secret: str | None = None
     jwt_issuer: str = "cockpit-api"
@@ -87,6 +99,8 @@ class Settings:
     scenario: str = "default"
     speed: float = 1.0
     clock_start: float | None = None
+    sandbox_max: int = 100
+    sandbox_ttl: int = 1800
     state_file: str = "cockpit-hosts.json"
     resync_seconds: float = 30.0
     sample_seconds: float = 10.0
@@ -131,16 +145,20 @@ class Settings:
                               f"password_hash and role: {exc}") from None
 
     def _apply_env(self, env: Any) -> None:
-        for key, conv in (("backend", str), ("host", str), ("port", int), ("scenario", str),
-                          ("speed", float), ("jwt_secret", str), ("token_ttl", int),
-                          ("refresh_ttl", int), ("state_file", str)):
+        conversions: tuple[tuple[str, Callable[[str], Any]], ...] = (
+            ("backend", str), ("host", str), ("port", int), ("scenario", str),
+            ("speed", float), ("clock_start", float), ("jwt_secret", str), ("token_ttl", int),
+            ("refresh_ttl", int), ("state_file", str), ("sandbox_max", int),
+            ("sandbox_ttl", int), ("cors_origins", _csv), ("cors_allow_headers", _csv),
+            ("cors_credentials", _flag))
+        for key, conv in conversions:
             value = env.get(f"COCKPIT_{key.upper()}")
             if value is not None:
                 try:
                     setattr(self, key, conv(value))
                 except ValueError:
-                    raise ConfigError(
-                        f"COCKPIT_{key.upper()}={value!r} is not a {conv.__name__}") from None
+                    raise ConfigError(f"COCKPIT_{key.upper()}={value!r} is not a "
+                                      f"{getattr(conv, '__name__', 'value').strip('_')}") from None
 
     def _check(self) -> None:
         if self.backend not in ("sim", "libvirt"):
@@ -150,3 +168,24 @@ class Settings:
                 raise ConfigError(f"user {u.username}: role is admin or viewer")
         if self.token_ttl <= 0 or self.refresh_ttl <= 0:
             raise ConfigError("token lifetimes must be positive")
+        if self.sandbox_max < 0 or self.sandbox_ttl <= 0:
+            raise ConfigError("sandbox_max must be >= 0 and sandbox_ttl positive")
+        if self.cors_credentials and "*" in self.cors_origins:
+            # Browsers refuse credentials with a wildcard origin: name the origins.
+            raise ConfigError("cors_credentials needs explicit cors_origins, not \"*\"")
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+_csv.__name__ = "comma-separated list"
+_flag.__name__ = "boolean (1/0, true/false)"

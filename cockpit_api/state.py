@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from backends.base import Backend
     from cockpit_api.auth import AuthService
     from cockpit_api.config import Settings
+    from cockpit_api.sandboxes import SandboxRegistry
 
 SCOPE_KEY = "cockpit"
 
@@ -18,6 +19,10 @@ class Services:
     backend: Backend
     auth: AuthService
     settings: Settings
+    # The app's sandboxes (simulator only), shared by every world; sandbox_id is None
+    # in the default world, the root API.
+    sandboxes: SandboxRegistry | None = None
+    sandbox_id: str | None = None
 
 
 def services_of(scope: Any) -> Services:
