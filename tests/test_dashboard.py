@@ -11,6 +11,7 @@ shows them).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from tests.browser import skip_reason
 from tests.serving import ROOT, served
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Page, Route
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
@@ -242,6 +243,71 @@ def test_a_host_disconnected_from_the_panel_shows_as_disconnected(page: Page, ba
     shot(page, "simulator", "#sim")
     page.get_by_role("button", name="Reconnect vapor-node-03.corp.awan.io").click()
     page.locator(f".host-items li[data-host='{NODE3}'][data-status='connected']").wait_for()
+
+
+def test_a_sandbox_is_made_listed_and_opened_from_the_panel(page: Page, base: str) -> None:
+    log_in(page, base)
+    page.get_by_label("Label").fill("dashboard test")
+    page.get_by_role("button", name="New sandbox").click()
+    item = page.locator("li[data-sandbox]", has_text="dashboard test")
+    item.wait_for()
+    sandbox = item.get_attribute("data-sandbox")
+    link = item.get_by_role("link", name=f"Open sandbox {sandbox} in a new tab")
+    href = link.get_attribute("href")
+    assert href == f"/sandboxes/{sandbox}/dashboard/"
+    try:
+        # The sandbox's own dashboard: its own world, its own login.
+        page.goto(f"{base}{href}")
+        page.get_by_role("button", name="Log in").click()
+        page.locator("tr[data-vm]").first.wait_for()
+        assert page.locator("#where").inner_text() == f"sandbox {sandbox}"
+        page.get_by_role("button", name="Disconnect vapor-node-01.corp.awan.io").click()
+        page.locator(f".host-items li[data-host='{NODE1}'][data-status='disconnected']").wait_for()
+        page.locator(".sim-sandboxes", has_text="default world").wait_for()
+        # The default world did not change.
+        page.goto(f"{base}/dashboard/")
+        page.locator(f".host-items li[data-host='{NODE1}']").wait_for()
+        assert page.locator(f".host-items li[data-host='{NODE1}']").get_attribute(
+            "data-status") == "connected"
+    finally:
+        page.get_by_role("button", name=f"Delete sandbox {sandbox}").click()
+        page.locator(f"li[data-sandbox='{sandbox}']").wait_for(state="detached")
+
+
+def test_the_change_feed_client_follows_the_contract(page: Page, base: str) -> None:
+    """The feed's client against the COORD contract, served by the test (page.route):
+    a ticket with the bearer token, an EventSource with it, events applied as they come,
+    and the next connection resumed from the last event id with a new ticket."""
+    seen: list[str] = []
+    vm = httpx.get(f"{base}/api/v1/vms/{RUNNING_VM}", headers={
+        "Authorization": "Bearer " + httpx.post(
+            f"{base}/api/v1/auth/login", json={"username": "admin", "password": "admin"},
+        ).json()["token"]}).json()
+    tickets = iter(range(1, 100))
+
+    def ticket(route: Route) -> None:
+        assert (route.request.headers.get("authorization") or "").startswith("Bearer ")
+        route.fulfill(status=200, json={"ticket": f"t{next(tickets)}", "expires_in": 30})
+
+    def events(route: Route) -> None:
+        seen.append(route.request.url)
+        if len(seen) == 1:
+            paused = dict(vm, status="paused")
+            body = f"id: 41\nevent: vm\ndata: {json.dumps(paused)}\n\n"
+        else:
+            body = ": nothing new\n\n"
+        route.fulfill(status=200, body=body, headers={"Content-Type": "text/event-stream"})
+
+    page.route("**/api/v1/events/ticket", ticket)
+    page.route(re.compile(r".*/api/v1/events\?.*"), events)
+    log_in(page, base)
+    page.locator(f"{vm_row(page, RUNNING_VM)}[data-status='paused']").wait_for()
+    page.wait_for_function("document.querySelectorAll('tr[data-vm]').length === 14")
+    page.wait_for_function("document.getElementById('feed').dataset.mode !== 'connecting'")
+    if len(seen) < 2:  # the first stream ended: the client comes back with a new ticket
+        page.wait_for_event("requestfinished", lambda r: "ticket=t2" in r.url)
+    assert "ticket=t1" in seen[0]
+    assert "ticket=t2" in seen[1] and "last_event_id=41" in seen[1]
 
 
 def test_a_narrow_window_still_fits(page: Page, base: str) -> None:

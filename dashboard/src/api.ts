@@ -23,7 +23,9 @@ type Body<Op, S extends number> = Op extends { responses: infer R }
     : never
   : never;
 type Query<Op> = Op extends { parameters: { query?: infer Q } } ? NonNullable<Q> : never;
-type JsonIn<Op> = Op extends { requestBody: { content: { "application/json": infer B } } } ? B : never;
+type JsonIn<Op> = Op extends { requestBody?: infer RB }
+  ? NonNullable<RB> extends { content: { "application/json": infer B } } ? B : never
+  : never;
 
 export type HostList = Body<paths["/hosts"]["get"], 200>;
 export type VmList = Body<paths["/vms"]["get"], 200>;
@@ -33,7 +35,10 @@ export type MetricsQuery = Query<paths["/vms/{id}/metrics"]["get"]>;
 export type SimState = Body<simPaths["/state"]["get"], 200>;
 export type FaultRequest = JsonIn<simPaths["/faults"]["post"]>;
 export type ClockRequest = JsonIn<simPaths["/clock"]["post"]>;
-export type Sandbox = { id: string; base_url: string; expires_at?: string | number | null };
+export type SandboxList = Body<simPaths["/sandboxes"]["get"], 200>;
+export type Sandbox = SandboxList["sandboxes"][number];
+export type SandboxRequest = NonNullable<JsonIn<simPaths["/sandboxes"]["post"]>>;
+export type LatencyRequest = JsonIn<simPaths["/latency"]["post"]>;
 
 /** A failed call, carrying the server's problem (or one made up for a network failure). */
 export class ApiError extends Error {
@@ -262,22 +267,25 @@ export class Api {
     return this.call("DELETE", `${this.control}/faults`);
   }
 
-  simLatency(ms: number): Promise<SimState> {
-    return this.call("POST", `${this.control}/latency`,
-      { ms } satisfies JsonIn<simPaths["/latency"]["post"]>);
+  simLatency(request: LatencyRequest): Promise<SimState> {
+    return this.call("POST", `${this.control}/latency`, request);
   }
 
   simClock(request: ClockRequest): Promise<SimState> {
     return this.call("POST", `${this.control}/clock`, request);
   }
 
-  // Sandboxes (the sandbox helper's contract; absent on servers without them: 404).
-  listSandboxes(): Promise<{ sandboxes: Sandbox[] } | Sandbox[]> {
-    return this.call("GET", `/_sim/sandboxes`);
+  // Sandboxes: made, listed and dropped from the default world only (403 inside one).
+  listSandboxes(): Promise<SandboxList> {
+    return this.call("GET", `${this.control}/sandboxes`);
   }
 
-  createSandbox(): Promise<Sandbox> {
-    return this.call("POST", `/_sim/sandboxes`, {});
+  createSandbox(request: SandboxRequest): Promise<Sandbox> {
+    return this.call("POST", `${this.control}/sandboxes`, request);
+  }
+
+  deleteSandbox(id: string): Promise<null> {
+    return this.call("DELETE", `${this.control}/sandboxes/${id}`);
   }
 
   url(path: string, query: object = {}): string {

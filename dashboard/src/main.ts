@@ -49,8 +49,8 @@ class Dashboard {
   private sim: SimPanel | null = null;
   private readonly app: HTMLElement;
 
-  constructor(private readonly config: PageConfig, private readonly sandbox: string | null) {
-    this.api = new Api(sandbox ? `/sandboxes/${encodeURIComponent(sandbox)}` : "");
+  constructor(private readonly config: PageConfig, prefix: string) {
+    this.api = new Api(prefix);
     this.api.onLoggedOut = (reason) => this.showLogin(reason);
     this.feed = new ChangeFeed(this.api, {
       apply: (c) => this.apply(c),
@@ -64,9 +64,6 @@ class Dashboard {
   }
 
   async boot(): Promise<void> {
-    if (this.sandbox) {
-      (document.getElementById("where") as HTMLElement).textContent = `sandbox ${this.sandbox}`;
-    }
     if (await this.api.resume()) await this.enter();
     else this.showLogin();
   }
@@ -137,7 +134,8 @@ class Dashboard {
     replace(this.app, main);
     if (this.config.simulator && this.admin) {
       this.sim = new SimPanel(this.api, document.getElementById("sim-body") as HTMLElement,
-        () => this.relist(), (host) => this.apply({ type: "host", data: host }), () => [...this.hosts.values()]);
+        () => this.relist(), (host) => this.apply({ type: "host", data: host }), () => [...this.hosts.values()],
+        () => [...this.vms.values()]);
     } else {
       this.sim = null;
     }
@@ -272,8 +270,8 @@ class Dashboard {
                       "aria-pressed": this.selected === x.id ? "true" : "false", onclick: pick(x.id),
                       "aria-label": `${x.hostname}, ${x.status}, ${x.vm_count} VMs` },
           h("span", { class: "host-name", title: x.hostname }, this.hostName(x.id)),
-          badge(x.status),
-          h("span", { class: "muted host-meta" }, `${x.vm_count} VMs · ${x.cpus} CPUs · ${mib(x.memory_mib)}`)),
+          h("span", { class: "host-line" }, badge(x.status), ` ${x.vm_count} VMs`),
+          h("span", { class: "muted host-meta" }, `${x.cpus} CPUs · ${mib(x.memory_mib)}`)),
         h("button", { type: "button", class: "small", "data-key": `hchart-${x.id}`,
                       "aria-label": `Charts of ${x.hostname}`, onclick: () => this.showCharts("hosts", x.id) },
           "Charts")))));
@@ -468,9 +466,15 @@ async function main(): Promise<void> {
   } catch {
     // Served without its config (a file copy): no demo users, no simulator panel.
   }
-  const sandbox = new URLSearchParams(location.search).get("sandbox");
-  (document.getElementById("where") as HTMLElement).textContent = config.simulator ? "simulator" : config.backend;
-  await new Dashboard(config, sandbox).boot();
+  // Served at /dashboard/ or, for a sandbox, at /sandboxes/{id}/dashboard/: the API
+  // and the control plane are below the same prefix.
+  const prefix = location.pathname.replace(/\/dashboard(\/.*)?$/, "");
+  const sandbox = /^\/sandboxes\/([^/]+)$/.exec(prefix)?.[1];
+  (document.getElementById("where") as HTMLElement).textContent =
+    sandbox ? `sandbox ${sandbox}` : config.simulator ? "simulator" : config.backend;
+  (document.getElementById("swagger") as HTMLAnchorElement).href = `${prefix}/api/v1/ui/`;
+  if (sandbox) document.title = `Cockpit dashboard: sandbox ${sandbox}`;
+  await new Dashboard(config, prefix).boot();
 }
 
 main().catch((err) => showError(err, "Starting the dashboard"));

@@ -178,18 +178,21 @@ export class Api {
     simClearFaults() {
         return this.call("DELETE", `${this.control}/faults`);
     }
-    simLatency(ms) {
-        return this.call("POST", `${this.control}/latency`, { ms });
+    simLatency(request) {
+        return this.call("POST", `${this.control}/latency`, request);
     }
     simClock(request) {
         return this.call("POST", `${this.control}/clock`, request);
     }
-    // Sandboxes (the sandbox helper's contract; absent on servers without them: 404).
+    // Sandboxes: made, listed and dropped from the default world only (403 inside one).
     listSandboxes() {
-        return this.call("GET", `/_sim/sandboxes`);
+        return this.call("GET", `${this.control}/sandboxes`);
     }
-    createSandbox() {
-        return this.call("POST", `/_sim/sandboxes`, {});
+    createSandbox(request) {
+        return this.call("POST", `${this.control}/sandboxes`, request);
+    }
+    deleteSandbox(id) {
+        return this.call("DELETE", `${this.control}/sandboxes/${id}`);
     }
     url(path, query = {}) {
         const params = new URLSearchParams();

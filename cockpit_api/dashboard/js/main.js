@@ -24,9 +24,8 @@ const FINISHED = new Set(["completed", "failed", "cancelled"]);
 const WINDOWS = [[900, "15 minutes"], [3600, "1 hour"], [6 * 3600, "6 hours"], [86400, "24 hours"]];
 const STEPS = [[0, "auto"], [10, "10 s"], [60, "1 min"], [300, "5 min"], [900, "15 min"]];
 class Dashboard {
-    constructor(config, sandbox) {
+    constructor(config, prefix) {
         this.config = config;
-        this.sandbox = sandbox;
         this.hosts = new Map();
         this.vms = new Map();
         this.migrations = new Map();
@@ -37,7 +36,7 @@ class Dashboard {
         this.charts = null;
         this.renderQueued = false;
         this.sim = null;
-        this.api = new Api(sandbox ? `/sandboxes/${encodeURIComponent(sandbox)}` : "");
+        this.api = new Api(prefix);
         this.api.onLoggedOut = (reason) => this.showLogin(reason);
         this.feed = new ChangeFeed(this.api, {
             apply: (c) => this.apply(c),
@@ -49,9 +48,6 @@ class Dashboard {
         regions(document.getElementById("errors"), document.getElementById("announce"));
     }
     async boot() {
-        if (this.sandbox) {
-            document.getElementById("where").textContent = `sandbox ${this.sandbox}`;
-        }
         if (await this.api.resume())
             await this.enter();
         else
@@ -98,7 +94,7 @@ class Dashboard {
             : null);
         replace(this.app, main);
         if (this.config.simulator && this.admin) {
-            this.sim = new SimPanel(this.api, document.getElementById("sim-body"), () => this.relist(), (host) => this.apply({ type: "host", data: host }), () => [...this.hosts.values()]);
+            this.sim = new SimPanel(this.api, document.getElementById("sim-body"), () => this.relist(), (host) => this.apply({ type: "host", data: host }), () => [...this.hosts.values()], () => [...this.vms.values()]);
         }
         else {
             this.sim = null;
@@ -227,7 +223,7 @@ class Dashboard {
         replace(region, h("ul", { class: "host-items" }, h("li", {}, h("button", { type: "button", class: "host-pick", "data-key": "host-all",
             "aria-pressed": this.selected === "all" ? "true" : "false", onclick: pick("all") }, h("span", { class: "host-name" }, "All hosts"), h("span", { class: "muted" }, `${total} VMs`))), ...hosts.map((x) => h("li", { "data-host": x.id, "data-status": x.status }, h("button", { type: "button", class: "host-pick", "data-key": `host-${x.id}`,
             "aria-pressed": this.selected === x.id ? "true" : "false", onclick: pick(x.id),
-            "aria-label": `${x.hostname}, ${x.status}, ${x.vm_count} VMs` }, h("span", { class: "host-name", title: x.hostname }, this.hostName(x.id)), badge(x.status), h("span", { class: "muted host-meta" }, `${x.vm_count} VMs · ${x.cpus} CPUs · ${mib(x.memory_mib)}`)), h("button", { type: "button", class: "small", "data-key": `hchart-${x.id}`,
+            "aria-label": `${x.hostname}, ${x.status}, ${x.vm_count} VMs` }, h("span", { class: "host-name", title: x.hostname }, this.hostName(x.id)), h("span", { class: "host-line" }, badge(x.status), ` ${x.vm_count} VMs`), h("span", { class: "muted host-meta" }, `${x.cpus} CPUs · ${mib(x.memory_mib)}`)), h("button", { type: "button", class: "small", "data-key": `hchart-${x.id}`,
             "aria-label": `Charts of ${x.hostname}`, onclick: () => this.showCharts("hosts", x.id) }, "Charts")))));
     }
     select(id) {
@@ -386,8 +382,15 @@ async function main() {
     catch {
         // Served without its config (a file copy): no demo users, no simulator panel.
     }
-    const sandbox = new URLSearchParams(location.search).get("sandbox");
-    document.getElementById("where").textContent = config.simulator ? "simulator" : config.backend;
-    await new Dashboard(config, sandbox).boot();
+    // Served at /dashboard/ or, for a sandbox, at /sandboxes/{id}/dashboard/: the API
+    // and the control plane are below the same prefix.
+    const prefix = location.pathname.replace(/\/dashboard(\/.*)?$/, "");
+    const sandbox = /^\/sandboxes\/([^/]+)$/.exec(prefix)?.[1];
+    document.getElementById("where").textContent =
+        sandbox ? `sandbox ${sandbox}` : config.simulator ? "simulator" : config.backend;
+    document.getElementById("swagger").href = `${prefix}/api/v1/ui/`;
+    if (sandbox)
+        document.title = `Cockpit dashboard: sandbox ${sandbox}`;
+    await new Dashboard(config, prefix).boot();
 }
 main().catch((err) => showError(err, "Starting the dashboard"));
