@@ -46,6 +46,8 @@ class Dashboard {
   private charts: Charts | null = null;
   private chartTimer: number | undefined;
   private renderQueued = false;
+  private truncated = false;
+  private hostFilter = "";
   private sim: SimPanel | null = null;
   private readonly app: HTMLElement;
 
@@ -186,7 +188,10 @@ class Dashboard {
   }
 
   private async listVms(): Promise<Map<string, Vm>> {
-    const page = await this.api.listVms(this.selected === "all" ? { limit: 500 } : { limit: 1000, host_id: this.selected });
+    // One page: up to 1,000 VMs of a host, or the first 200 of the cluster (a large
+    // cluster is read host by host: the page must stay light enough to poll).
+    const page = await this.api.listVms(this.selected === "all" ? { limit: 200 } : { limit: 1000, host_id: this.selected });
+    this.truncated = page.next_cursor !== null;
     return new Map(page.vms.map((v) => [v.id, v]));
   }
 
@@ -258,13 +263,24 @@ class Dashboard {
   }
 
   private renderHosts(region: HTMLElement): void {
-    const hosts = [...this.hosts.values()].sort((a, b) => a.hostname.localeCompare(b.hostname));
-    const total = hosts.reduce((n, x) => n + x.vm_count, 0);
+    const all = [...this.hosts.values()].sort((a, b) => a.hostname.localeCompare(b.hostname));
+    const total = all.reduce((n, x) => n + x.vm_count, 0);
+    const needle = this.hostFilter.toLowerCase();
+    // A large cluster: a filter box, and at most 100 hosts drawn at once.
+    const matching = needle ? all.filter((x) => x.hostname.toLowerCase().includes(needle) || x.status === needle) : all;
+    const hosts = matching.slice(0, 100);
+    let filter = region.parentElement?.querySelector<HTMLElement>(".host-filter");
+    if (all.length > 12 && !filter) {
+      const input = h("input", { id: "host-filter", type: "search", placeholder: "name or status" });
+      input.addEventListener("input", () => { this.hostFilter = input.value; this.render(); });
+      filter = h("div", { class: "host-filter" }, h("label", { for: "host-filter" }, "Filter hosts"), input);
+      region.before(filter);
+    }
     const pick = (id: string) => () => { this.select(id); };
     replace(region, h("ul", { class: "host-items" },
       h("li", {}, h("button", { type: "button", class: "host-pick", "data-key": "host-all",
                                 "aria-pressed": this.selected === "all" ? "true" : "false", onclick: pick("all") },
-        h("span", { class: "host-name" }, "All hosts"), h("span", { class: "muted" }, `${total} VMs`))),
+        h("span", { class: "host-name" }, "All hosts"), h("span", { class: "muted" }, `${total.toLocaleString("en")} VMs`))),
       ...hosts.map((x) => h("li", { "data-host": x.id, "data-status": x.status },
         h("button", { type: "button", class: "host-pick", "data-key": `host-${x.id}`,
                       "aria-pressed": this.selected === x.id ? "true" : "false", onclick: pick(x.id),
@@ -274,7 +290,9 @@ class Dashboard {
           h("span", { class: "muted host-meta" }, `${x.cpus} CPUs · ${mib(x.memory_mib)}`)),
         h("button", { type: "button", class: "small", "data-key": `hchart-${x.id}`,
                       "aria-label": `Charts of ${x.hostname}`, onclick: () => this.showCharts("hosts", x.id) },
-          "Charts")))));
+          "Charts"))),
+      matching.length > hosts.length
+        ? h("li", { class: "note" }, `…and ${matching.length - hosts.length} more: filter to find one.`) : null));
   }
 
   private select(id: string): void {
@@ -291,10 +309,15 @@ class Dashboard {
       replace(region, h("p", { class: "note" }, "No VMs here."));
       return;
     }
-    replace(region, h("table", { class: "vm-table" },
+    const total = this.selected === "all" ? [...this.hosts.values()].reduce((n, x) => n + x.vm_count, 0)
+      : this.hosts.get(this.selected)?.vm_count ?? vms.length;
+    replace(region, this.truncated
+      ? h("p", { class: "note", id: "vm-truncated" }, `Showing the first ${vms.length} of ${total.toLocaleString("en")} VMs: choose a host to see all of its VMs.`)
+      : null,
+    h("table", { class: "vm-table" },
       h("caption", { class: "sr-only" }, title.textContent),
-      h("thead", {}, h("tr", {}, ...["Name", "Status", "Host", "Size", "Actions"]
-        .map((c) => h("th", { scope: "col" }, c)))),
+      h("thead", {}, h("tr", {}, ...["Name", "Status", this.selected === "all" ? "Host" : null, "Size", "Actions"]
+        .map((c) => c && h("th", { scope: "col" }, c)))),
       h("tbody", {}, ...vms.map((vm) => this.vmRow(vm)))));
   }
 
@@ -320,7 +343,7 @@ class Dashboard {
     return h("tr", { "data-vm": vm.id, "data-status": vm.status, "data-host": vm.host_id },
       h("th", { scope: "row", class: "vm-name" }, vm.name),
       h("td", {}, badge(vm.status)),
-      h("td", { class: "vm-host" }, this.hostName(vm.host_id)),
+      this.selected === "all" ? h("td", { class: "vm-host" }, this.hostName(vm.host_id)) : null,
       h("td", { class: "num" }, `${vm.vcpus} vCPU · ${mib(vm.memory_mib)}`),
       h("td", { class: "actions" }, ...cells));
   }
