@@ -117,7 +117,9 @@ def test_log_in_and_see_the_default_scenarios_hosts_and_vms(page: Page, base: st
 def test_start_a_vm_and_see_it_run_without_reloading(page: Page, base: str) -> None:
     log_in(page, base)
     page.evaluate("window.__same_page = true")
-    page.locator(f"[data-key='act-{OFF_VM}-start']").click()
+    start = page.locator(f"[data-key='act-{OFF_VM}-start']")
+    start.focus()
+    page.keyboard.press("Enter")  # keyboard only
     page.locator(f"{vm_row(page, OFF_VM)}[data-status='running']").wait_for()
     # A change made elsewhere (another client) shows up too, from the feed or a poll.
     token = httpx.post(f"{base}/api/v1/auth/login",
@@ -162,6 +164,20 @@ def test_migrate_a_vm_and_watch_the_bar_reach_100_and_the_vm_move(page: Page, ba
     assert page.locator(vm_row(page, RUNNING_VM)).get_attribute("data-status") == "running"
     page.wait_for_function(
         f"document.querySelector(\"li[data-host='{NODE2}']\").innerText.includes('5 VMs')")
+
+
+def test_the_migrate_dialog_works_from_the_keyboard(page: Page, base: str) -> None:
+    log_in(page, base)
+    migrate = page.get_by_role("button", name="Migrate web-frontend-01")
+    migrate.focus()
+    page.keyboard.press("Enter")
+    dialog = page.locator("dialog[open]")
+    dialog.wait_for()
+    assert page.evaluate("document.activeElement.id") == "mig-dest"  # focus moved in
+    page.keyboard.press("Escape")  # closes without migrating; focus comes back
+    dialog.wait_for(state="detached")
+    assert page.evaluate("document.activeElement.dataset.key") == f"mig-{RUNNING_VM}"
+    assert page.locator("li[data-migration]").count() == 0
 
 
 def test_a_failed_migration_shows_its_error_and_cancel_stops_one(page: Page, base: str) -> None:
@@ -272,6 +288,16 @@ def test_a_sandbox_is_made_listed_and_opened_from_the_panel(page: Page, base: st
     finally:
         page.get_by_role("button", name=f"Delete sandbox {sandbox}").click()
         page.locator(f"li[data-sandbox='{sandbox}']").wait_for(state="detached")
+
+
+def test_the_header_says_where_live_updates_come_from(page: Page, base: str) -> None:
+    """`live` from the change feed when the server has one, else `polling` (the fallback)."""
+    token = httpx.post(f"{base}/api/v1/auth/login",
+                       json={"username": "admin", "password": "admin"}).json()["token"]
+    has_feed = httpx.post(f"{base}/api/v1/events/ticket",
+                          headers={"Authorization": f"Bearer {token}"}).status_code != 404
+    log_in(page, base)
+    page.locator(f"#feed[data-mode='{'live' if has_feed else 'polling'}']").wait_for()
 
 
 def test_the_change_feed_client_follows_the_contract(page: Page, base: str) -> None:

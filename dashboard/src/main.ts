@@ -48,6 +48,7 @@ class Dashboard {
   private renderQueued = false;
   private truncated = false;
   private hostFilter = "";
+  private drawn = "";
   private sim: SimPanel | null = null;
   private readonly app: HTMLElement;
 
@@ -252,6 +253,11 @@ class Dashboard {
   private render(): void {
     const list = document.getElementById("host-list");
     if (!list) return;
+    // Polls answer the same state most of the time: redraw only what changed.
+    const signature = JSON.stringify([this.selected, this.hostFilter, this.truncated, [...this.hosts.values()],
+                                      [...this.vms.values()], [...this.migrations.values()]]);
+    if (signature === this.drawn && list.childElementCount) return;
+    this.drawn = signature;
     this.renderHosts(list);
     this.renderVms(document.getElementById("vm-list") as HTMLElement);
     this.renderMigrations(document.getElementById("mig-list") as HTMLElement);

@@ -37,6 +37,7 @@ class Dashboard {
         this.renderQueued = false;
         this.truncated = false;
         this.hostFilter = "";
+        this.drawn = "";
         this.sim = null;
         this.api = new Api(prefix);
         this.api.onLoggedOut = (reason) => this.showLogin(reason);
@@ -213,6 +214,12 @@ class Dashboard {
         const list = document.getElementById("host-list");
         if (!list)
             return;
+        // Polls answer the same state most of the time: redraw only what changed.
+        const signature = JSON.stringify([this.selected, this.hostFilter, this.truncated, [...this.hosts.values()],
+            [...this.vms.values()], [...this.migrations.values()]]);
+        if (signature === this.drawn && list.childElementCount)
+            return;
+        this.drawn = signature;
         this.renderHosts(list);
         this.renderVms(document.getElementById("vm-list"));
         this.renderMigrations(document.getElementById("mig-list"));
