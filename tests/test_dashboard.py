@@ -360,6 +360,32 @@ def test_every_control_has_a_name(page: Page, base: str) -> None:
     assert unnamed == []
 
 
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+
+
+@pytest.mark.parametrize("who", ["nobody", "admin", "viewer"])
+def test_axe_finds_no_accessibility_violations(page: Page, base: str, who: str) -> None:
+    """axe-core (pinned in package.json) on the login form, and on the main view with
+    charts open, at WCAG 2.1 AA: contrast, labels, names, roles."""
+    if not AXE.exists():
+        pytest.skip("axe-core not installed: run `npm ci` (make test does)")
+    if who == "nobody":
+        page.goto(f"{base}/dashboard/")
+        page.get_by_label("Username").wait_for()
+    else:
+        log_in(page, base, who)
+        page.get_by_role("button", name="Charts of web-frontend-01").click()
+        page.locator("figure[data-chart='cpu'][data-points]").wait_for()
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("""async () => {
+        const r = await axe.run(document, {runOnly: {type: 'tag',
+            values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}});
+        return r.violations.map(v => ({id: v.id, help: v.help,
+            nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
+    }""")
+    assert result == []
+
+
 def test_screenshots_are_committed() -> None:
     """The README shows these; COCKPIT_SCREENSHOTS=1 regenerates them."""
     names = {p.stem for p in Path(SHOTS).glob("*.png")}

@@ -245,8 +245,7 @@ class Dashboard {
         const pick = (id) => () => { this.select(id); };
         replace(region, h("ul", { class: "host-items" }, h("li", {}, h("button", { type: "button", class: "host-pick", "data-key": "host-all",
             "aria-pressed": this.selected === "all" ? "true" : "false", onclick: pick("all") }, h("span", { class: "host-name" }, "All hosts"), h("span", { class: "muted" }, `${total.toLocaleString("en")} VMs`))), ...hosts.map((x) => h("li", { "data-host": x.id, "data-status": x.status }, h("button", { type: "button", class: "host-pick", "data-key": `host-${x.id}`,
-            "aria-pressed": this.selected === x.id ? "true" : "false", onclick: pick(x.id),
-            "aria-label": `${x.hostname}, ${x.status}, ${x.vm_count} VMs` }, h("span", { class: "host-name", title: x.hostname }, this.hostName(x.id)), h("span", { class: "host-line" }, badge(x.status), ` ${x.vm_count} VMs`), h("span", { class: "muted host-meta" }, `${x.cpus} CPUs · ${mib(x.memory_mib)}`)), h("button", { type: "button", class: "small", "data-key": `hchart-${x.id}`,
+            "aria-pressed": this.selected === x.id ? "true" : "false", onclick: pick(x.id) }, h("span", { class: "host-name", title: x.hostname }, this.hostName(x.id)), h("span", { class: "host-line" }, badge(x.status), ` ${x.vm_count} VMs`), h("span", { class: "muted host-meta" }, `${x.cpus} CPUs · ${mib(x.memory_mib)}`)), h("button", { type: "button", class: "small", "data-key": `hchart-${x.id}`,
             "aria-label": `Charts of ${x.hostname}`, onclick: () => this.showCharts("hosts", x.id) }, "Charts"))), matching.length > hosts.length
             ? h("li", { class: "note" }, `…and ${matching.length - hosts.length} more: filter to find one.`) : null));
     }
