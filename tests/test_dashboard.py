@@ -98,7 +98,15 @@ def test_log_in_and_see_the_default_scenarios_hosts_and_vms(page: Page, base: st
     assert page.get_by_label("Username").input_value() == "admin"
     assert page.get_by_label("Password").input_value() == "admin"
     shot(page, "login")
+    # A wrong password: the problem's title and detail, and the form stays.
+    page.get_by_label("Password").fill("not-the-password")
     page.get_by_label("Password").press("Enter")  # the keyboard is enough
+    problem = page.locator(".problem[data-code='bad_credentials']")
+    problem.wait_for()
+    assert "Unauthorized" in problem.inner_text()
+    assert "wrong username or password" in problem.inner_text()
+    page.get_by_label("Password").fill("admin")
+    page.get_by_label("Password").press("Enter")
     page.locator("tr[data-vm]").first.wait_for()
     assert page.locator(".host-items li[data-host]").count() == 4
     assert page.locator("tr[data-vm]").count() == 14
