@@ -354,6 +354,12 @@ def test_a_narrow_window_still_fits(page: Page, base: str) -> None:
     box = start.bounding_box()
     assert box is not None and box["x"] + box["width"] <= 390
     shot(page, "narrow")
+    # Charts and the simulator panel fit too.
+    page.get_by_role("button", name="Charts of web-frontend-01").click()
+    page.locator("figure[data-chart='cpu'][data-points]").wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    plot = page.locator("figure[data-chart='cpu'] canvas").bounding_box()
+    assert plot is not None and plot["x"] + plot["width"] <= 390
 
 
 def test_every_control_has_a_name(page: Page, base: str) -> None:
