@@ -344,6 +344,26 @@ def test_the_change_feed_client_follows_the_contract(page: Page, base: str) -> N
     assert "ticket=t2" in seen[1] and "last_event_id=41" in seen[1]
 
 
+def test_the_panel_sets_latency_and_speed_and_loads_a_scenario(page: Page, base: str) -> None:
+    log_in(page, base)
+    page.get_by_label("Delay (ms)").fill("5")
+    page.get_by_role("button", name="Set latency").click()
+    page.locator("[data-sim='latency']", has_text="5 ms").wait_for()
+    page.get_by_label("Speed (virtual s per s)").fill("0")
+    page.get_by_role("button", name="Set speed").click()
+    page.locator("[data-sim='speed']", has_text="0\u00d7").wait_for()
+    page.get_by_label("Name", exact=True).fill("no-such-scenario")
+    page.get_by_role("button", name="Load").click()
+    page.locator(".problem[data-status='404']").wait_for()
+    page.get_by_label("Name", exact=True).fill("default")
+    page.get_by_role("button", name="Load").click()
+    page.locator("[data-sim='latency']", has_text="0 ms").wait_for()  # a load clears it
+    # The session survives a reload (kept for this tab only).
+    page.reload()
+    page.locator("tr[data-vm]").first.wait_for()
+    assert page.locator("#username").count() == 0
+
+
 def test_a_narrow_window_still_fits(page: Page, base: str) -> None:
     page.set_viewport_size({"width": 390, "height": 800})
     log_in(page, base)
