@@ -44,8 +44,10 @@ def add_routes(app: Any, backend: Backend) -> None:
     async def config_json(_request: Request) -> Response:
         return Response(config, media_type="application/json", headers=_HEADERS)
 
-    async def to_dashboard(_request: Request) -> Response:
-        return RedirectResponse(f"{PREFIX}/", status_code=307)
+    async def to_dashboard(request: Request) -> Response:
+        # Below a sandbox's prefix (the scope's root_path), to that sandbox's dashboard.
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return RedirectResponse(f"{root}{PREFIX}/", status_code=307)
 
     async def static(request: Request) -> Response:
         return _file(request.path_params.get("path", ""))

@@ -57,3 +57,12 @@ def test_no_demo_users_in_front_of_real_hosts() -> None:
     real = SimpleNamespace(info=SimpleNamespace(kind="libvirt"))
     config = page_config(real)  # type: ignore[arg-type]
     assert config["simulator"] is False and config["demo_users"] == []
+
+
+def test_a_sandbox_has_its_own_dashboard(client: TestClient, admin: dict[str, str]) -> None:
+    r = client.post("/_sim/sandboxes", headers=admin)
+    assert r.status_code == 201, r.text
+    path = r.json()["path"]
+    r = client.get(f"{path}/dashboard", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == f"{path}/dashboard/"
+    assert '<script type="module" src="js/main.js">' in client.get(f"{path}/dashboard/").text
