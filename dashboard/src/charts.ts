@@ -10,17 +10,18 @@ interface ChartSpec {
   key: string;
   title: string;
   fields: { field: Field; label: string; color: string }[];
-  unit: (v: number) => string;
+  unit: (v: number, compact?: boolean) => string;
 }
 
-const bytes = (v: number): string => {
+const bytes = (v: number, compact = false): string => {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
   let x = Math.abs(v);
   while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
-  return `${(Math.sign(v) * x).toFixed(x < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
+  const digits = i === 0 ? 0 : x < 10 ? (compact ? 1 : 2) : x < 100 && !compact ? 1 : 0;
+  return `${(Math.sign(v) * x).toFixed(digits)} ${units[i]}`;
 };
-const rate = (v: number): string => `${bytes(v)}/s`;
+const rate = (v: number, compact = false): string => `${bytes(v, compact)}/s`;
 
 // Colours chosen to stay apart for the common colour-vision deficiencies and to
 // keep 3:1 against the white plot area.
@@ -74,12 +75,13 @@ export class Charts {
         height: 160,
         legend: { show: true },
         cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true } },
+        // From zero: a level is read against nothing, not against its own minimum.
+        scales: { x: { time: true }, y: { range: (_u: uPlot, _min: number, max: number) => [0, max > 0 ? max * 1.1 : 1] } },
         series: [{}, ...spec.fields.map((f) => ({
           label: f.label, stroke: f.color, width: 2, spanGaps: false,
           value: (_u: uPlot, v: number | null) => (v === null ? "–" : spec.unit(v)),
         }))],
-        axes: [{}, { values: (_u: uPlot, vals: number[]) => vals.map(spec.unit), size: 70 }],
+        axes: [{}, { values: (_u: uPlot, vals: number[]) => vals.map((v) => spec.unit(v, true)), size: 84 }],
       };
       const empty: uPlot.AlignedData = [[], ...spec.fields.map(() => [])];
       this.plots.push(new uPlot(opts, empty, plot));
