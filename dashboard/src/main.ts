@@ -49,6 +49,8 @@ class Dashboard {
   private truncated = false;
   private hostFilter = "";
   private drawn = "";
+  // Names of every VM seen, for jobs whose VM is not in the current view.
+  private names = new Map<string, string>();
   private sim: SimPanel | null = null;
   private readonly app: HTMLElement;
 
@@ -258,6 +260,7 @@ class Dashboard {
                                       [...this.vms.values()], [...this.migrations.values()]]);
     if (signature === this.drawn && list.childElementCount) return;
     this.drawn = signature;
+    for (const vm of this.vms.values()) this.names.set(vm.id, vm.name);
     this.renderHosts(list);
     this.renderVms(document.getElementById("vm-list") as HTMLElement);
     this.renderMigrations(document.getElementById("mig-list") as HTMLElement);
@@ -375,7 +378,7 @@ class Dashboard {
       return;
     }
     replace(region, h("ul", { class: "mig-items" }, ...jobs.map((m) => {
-      const name = this.vms.get(m.vm_id)?.name ?? m.vm_id.slice(0, 8);
+      const name = this.names.get(m.vm_id) ?? m.vm_id.slice(0, 8);
       const done = FINISHED.has(m.status);
       return h("li", { "data-migration": m.id, "data-status": m.status },
         h("div", {}, h("strong", {}, name), ` ${this.hostName(m.source_host_id)} → ${this.hostName(m.destination_host_id)} `,

@@ -38,6 +38,8 @@ class Dashboard {
         this.truncated = false;
         this.hostFilter = "";
         this.drawn = "";
+        // Names of every VM seen, for jobs whose VM is not in the current view.
+        this.names = new Map();
         this.sim = null;
         this.api = new Api(prefix);
         this.api.onLoggedOut = (reason) => this.showLogin(reason);
@@ -220,6 +222,8 @@ class Dashboard {
         if (signature === this.drawn && list.childElementCount)
             return;
         this.drawn = signature;
+        for (const vm of this.vms.values())
+            this.names.set(vm.id, vm.name);
         this.renderHosts(list);
         this.renderVms(document.getElementById("vm-list"));
         this.renderMigrations(document.getElementById("mig-list"));
@@ -310,7 +314,7 @@ class Dashboard {
             return;
         }
         replace(region, h("ul", { class: "mig-items" }, ...jobs.map((m) => {
-            const name = this.vms.get(m.vm_id)?.name ?? m.vm_id.slice(0, 8);
+            const name = this.names.get(m.vm_id) ?? m.vm_id.slice(0, 8);
             const done = FINISHED.has(m.status);
             return h("li", { "data-migration": m.id, "data-status": m.status }, h("div", {}, h("strong", {}, name), ` ${this.hostName(m.source_host_id)} → ${this.hostName(m.destination_host_id)} `, badge(m.status)), this.progress(m, name), m.error ? h("p", { class: "mig-error" }, m.error) : null, !done && this.admin ? this.cancelButton(m.id, name) : null);
         })));
