@@ -46,6 +46,8 @@ export class ApiError extends Error {
   readonly title: string;
   readonly detail: string;
   readonly code: string;
+  /** The server's X-Request-Id for this call, when it sends one (to quote in a report). */
+  requestId = "";
 
   constructor(status: number, title: string, detail: string, code: string) {
     super(`${title}: ${detail}`);
@@ -62,8 +64,11 @@ export class ApiError extends Error {
     } catch {
       // Not JSON (a proxy's error page): keep the status line.
     }
-    return new ApiError(res.status, body.title ?? (res.statusText || `HTTP ${res.status}`),
+    const err = new ApiError(res.status, body.title ?? (res.statusText || `HTTP ${res.status}`),
       body.detail ?? "", body.code ?? "");
+    const extra = body as { request_id?: unknown };
+    err.requestId = typeof extra.request_id === "string" ? extra.request_id : res.headers.get("X-Request-Id") ?? "";
+    return err;
   }
 }
 

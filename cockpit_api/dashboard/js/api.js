@@ -2,6 +2,8 @@
 export class ApiError extends Error {
     constructor(status, title, detail, code) {
         super(`${title}: ${detail}`);
+        /** The server's X-Request-Id for this call, when it sends one (to quote in a report). */
+        this.requestId = "";
         this.status = status;
         this.title = title;
         this.detail = detail;
@@ -15,7 +17,10 @@ export class ApiError extends Error {
         catch {
             // Not JSON (a proxy's error page): keep the status line.
         }
-        return new ApiError(res.status, body.title ?? (res.statusText || `HTTP ${res.status}`), body.detail ?? "", body.code ?? "");
+        const err = new ApiError(res.status, body.title ?? (res.statusText || `HTTP ${res.status}`), body.detail ?? "", body.code ?? "");
+        const extra = body;
+        err.requestId = typeof extra.request_id === "string" ? extra.request_id : res.headers.get("X-Request-Id") ?? "";
+        return err;
     }
 }
 /** What a JWT access token says about its holder (the signature is the server's business). */
