@@ -77,6 +77,8 @@ class Dashboard {
   private showLogin(reason = ""): void {
     this.feed.stop();
     this.stopCharts();
+    this.sim?.stop();
+    this.sim = null;
     this.setUser();
     const demo = this.config.simulator ? this.config.demo_users : [];
     const user = h("input", { id: "username", name: "username", autocomplete: "username", required: true,
@@ -137,6 +139,7 @@ class Dashboard {
           h("h2", { id: "sim-h" }, "Simulator"), h("div", { id: "sim-body" }))
         : null);
     replace(this.app, main);
+    this.sim?.stop();
     if (this.config.simulator && this.admin) {
       this.sim = new SimPanel(this.api, document.getElementById("sim-body") as HTMLElement,
         () => this.relist(), (host) => this.apply({ type: "host", data: host }), () => [...this.hosts.values()],
@@ -228,7 +231,6 @@ class Dashboard {
       this.vms = vms;
       for (const m of [...fresh, ...ended]) if (m) this.migrations.set(m.id, m);
       this.render();
-      await this.sim?.refresh();
     } catch (err) {
       this.feedMode("reconnecting", `polling failed: ${String(err)}`);
     }

@@ -9,6 +9,7 @@ export class SimPanel {
   private sandboxNote = "";
   private sandboxMax = 0;
   private speedInput: HTMLInputElement | null = null;
+  private timer: number | undefined;
   private readonly stateBox: HTMLElement;
   private readonly hostBox: HTMLElement;
   private readonly sandboxBox: HTMLElement;
@@ -28,6 +29,12 @@ export class SimPanel {
       this.group("Fault", this.faultForm()),
       this.group("Sandboxes", this.sandboxBox));
     this.loadSandboxes().catch(() => undefined);
+    // The clock moves by itself (speed > 0) and the change feed does not carry it: look again.
+    this.timer = window.setInterval(() => { this.refresh().catch(() => undefined); }, 2000);
+  }
+
+  stop(): void {
+    window.clearInterval(this.timer);
   }
 
   private group(title: string, body: HTMLElement): HTMLElement {

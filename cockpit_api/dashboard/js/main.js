@@ -62,6 +62,8 @@ class Dashboard {
     showLogin(reason = "") {
         this.feed.stop();
         this.stopCharts();
+        this.sim?.stop();
+        this.sim = null;
         this.setUser();
         const demo = this.config.simulator ? this.config.demo_users : [];
         const user = h("input", { id: "username", name: "username", autocomplete: "username", required: true,
@@ -98,6 +100,7 @@ class Dashboard {
             ? h("section", { class: "card sim", id: "sim", "aria-labelledby": "sim-h" }, h("h2", { id: "sim-h" }, "Simulator"), h("div", { id: "sim-body" }))
             : null);
         replace(this.app, main);
+        this.sim?.stop();
         if (this.config.simulator && this.admin) {
             this.sim = new SimPanel(this.api, document.getElementById("sim-body"), () => this.relist(), (host) => this.apply({ type: "host", data: host }), () => [...this.hosts.values()], () => [...this.vms.values()]);
         }
@@ -189,7 +192,6 @@ class Dashboard {
                 if (m)
                     this.migrations.set(m.id, m);
             this.render();
-            await this.sim?.refresh();
         }
         catch (err) {
             this.feedMode("reconnecting", `polling failed: ${String(err)}`);

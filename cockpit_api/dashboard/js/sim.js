@@ -18,6 +18,11 @@ export class SimPanel {
         this.sandboxBox = h("div", { class: "sim-sandboxes" });
         replace(root, this.stateBox, this.group("Scenario", this.scenarioForm()), this.group("Clock", this.clockForm()), this.group("Latency", this.latencyForm()), this.group("Hosts", this.hostBox), this.group("Fault", this.faultForm()), this.group("Sandboxes", this.sandboxBox));
         this.loadSandboxes().catch(() => undefined);
+        // The clock moves by itself (speed > 0) and the change feed does not carry it: look again.
+        this.timer = window.setInterval(() => { this.refresh().catch(() => undefined); }, 2000);
+    }
+    stop() {
+        window.clearInterval(this.timer);
     }
     group(title, body) {
         return h("fieldset", { class: "sim-group" }, h("legend", {}, title), body);
