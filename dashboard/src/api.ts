@@ -48,6 +48,8 @@ export class ApiError extends Error {
   readonly code: string;
   /** The server's X-Request-Id for this call, when it sends one (to quote in a report). */
   requestId = "";
+  /** Each faulty field of a request that failed validation, when the server names them. */
+  fields: { pointer: string; detail: string }[] = [];
 
   constructor(status: number, title: string, detail: string, code: string) {
     super(`${title}: ${detail}`);
@@ -66,7 +68,11 @@ export class ApiError extends Error {
     }
     const err = new ApiError(res.status, body.title ?? (res.statusText || `HTTP ${res.status}`),
       body.detail ?? "", body.code ?? "");
-    const extra = body as { request_id?: unknown };
+    const extra = body as { request_id?: unknown; errors?: unknown };
+    if (Array.isArray(extra.errors)) {
+      err.fields = extra.errors.filter((e): e is { pointer: string; detail: string } =>
+        typeof e === "object" && e !== null && typeof e.pointer === "string" && typeof e.detail === "string");
+    }
     err.requestId = typeof extra.request_id === "string" ? extra.request_id : res.headers.get("X-Request-Id") ?? "";
     return err;
   }

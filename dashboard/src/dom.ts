@@ -50,6 +50,9 @@ export function showError(err: unknown, context = ""): void {
     h("strong", { class: "problem-title" }, context ? `${context}: ${e.title}` : e.title),
     e.detail ? h("span", { class: "problem-detail" }, ` — ${e.detail}`) : null,
     e.code ? h("code", { class: "problem-code" }, e.code) : null,
+    // The fields, unless the detail already names each of them.
+    e.fields.some((f) => !e.detail.includes(f.pointer)) ? h("ul", { class: "problem-fields" },
+      ...e.fields.map((f) => h("li", {}, h("code", {}, f.pointer), ` ${f.detail}`))) : null,
     e.requestId ? h("span", { class: "problem-request muted" }, `request ${e.requestId}`) : null,
     h("button", { type: "button", class: "link", "aria-label": "Dismiss this message",
                   onclick: () => item.remove() }, "Dismiss"));

@@ -4,6 +4,8 @@ export class ApiError extends Error {
         super(`${title}: ${detail}`);
         /** The server's X-Request-Id for this call, when it sends one (to quote in a report). */
         this.requestId = "";
+        /** Each faulty field of a request that failed validation, when the server names them. */
+        this.fields = [];
         this.status = status;
         this.title = title;
         this.detail = detail;
@@ -19,6 +21,9 @@ export class ApiError extends Error {
         }
         const err = new ApiError(res.status, body.title ?? (res.statusText || `HTTP ${res.status}`), body.detail ?? "", body.code ?? "");
         const extra = body;
+        if (Array.isArray(extra.errors)) {
+            err.fields = extra.errors.filter((e) => typeof e === "object" && e !== null && typeof e.pointer === "string" && typeof e.detail === "string");
+        }
         err.requestId = typeof extra.request_id === "string" ? extra.request_id : res.headers.get("X-Request-Id") ?? "";
         return err;
     }

@@ -43,7 +43,9 @@ export function showError(err, context = "") {
     if (!errorRegion)
         return;
     const e = err instanceof ApiError ? err : new ApiError(0, "Something went wrong", String(err), "");
-    const item = h("div", { class: "problem", "data-code": e.code, "data-status": e.status }, h("strong", { class: "problem-title" }, context ? `${context}: ${e.title}` : e.title), e.detail ? h("span", { class: "problem-detail" }, ` — ${e.detail}`) : null, e.code ? h("code", { class: "problem-code" }, e.code) : null, e.requestId ? h("span", { class: "problem-request muted" }, `request ${e.requestId}`) : null, h("button", { type: "button", class: "link", "aria-label": "Dismiss this message",
+    const item = h("div", { class: "problem", "data-code": e.code, "data-status": e.status }, h("strong", { class: "problem-title" }, context ? `${context}: ${e.title}` : e.title), e.detail ? h("span", { class: "problem-detail" }, ` — ${e.detail}`) : null, e.code ? h("code", { class: "problem-code" }, e.code) : null, 
+    // The fields, unless the detail already names each of them.
+    e.fields.some((f) => !e.detail.includes(f.pointer)) ? h("ul", { class: "problem-fields" }, ...e.fields.map((f) => h("li", {}, h("code", {}, f.pointer), ` ${f.detail}`))) : null, e.requestId ? h("span", { class: "problem-request muted" }, `request ${e.requestId}`) : null, h("button", { type: "button", class: "link", "aria-label": "Dismiss this message",
         onclick: () => item.remove() }, "Dismiss"));
     errorRegion.prepend(item);
     while (errorRegion.children.length > 4)
