@@ -15,6 +15,7 @@ from typing import Generic, Protocol, TypeVar
 
 from backends.base import (
     FINAL_MIGRATION_STATUSES,
+    CursorKind,
     Host,
     Migration,
     MigrationFilter,
@@ -64,6 +65,8 @@ def paginate(
     page: PageRequest,
     lookup: Callable[[str], T],
     keep: Callable[[T], bool] | None = None,
+    *,
+    kind: CursorKind,
 ) -> Page[T]:
     items: list[T] = []
     last_key: str | None = None
@@ -73,7 +76,7 @@ def paginate(
             continue
         if len(items) == page.limit:
             # One more match exists past this page.
-            return Page(items, encode_cursor(last_key) if last_key is not None else None)
+            return Page(items, encode_cursor(kind, last_key) if last_key is not None else None)
         items.append(item)
         last_key = key
     return Page(items, None)
@@ -111,9 +114,10 @@ class Inventory:
 
     def page_hosts(self, page: PageRequest) -> Page[Host]:
         return paginate(
-            self._host_keys.after(page.after()),
+            self._host_keys.after(page.after("hosts")),
             page,
             lambda key: self.get_host(self._host_by_key[key]),
+            kind="hosts",
         )
 
     def set_host_status(self, host_id: str, status: str, t: float) -> None:
@@ -189,7 +193,7 @@ class Inventory:
         self._by_status[vm.status].discard(key)
 
     def page_vms(self, page: PageRequest, flt: VmFilter) -> Page[Vm]:
-        after = page.after()
+        after = page.after("vms")
         keep: Callable[[Vm], bool] | None = None
         if flt.host_id is not None:
             if flt.host_id not in self.hosts:
@@ -209,7 +213,8 @@ class Inventory:
             keys = self._by_status.get(flt.status, SortedKeys())
         else:
             keys = self._vm_keys
-        return paginate(keys.after(after), page, lambda k: self.vms[self._vm_by_key[k]], keep)
+        return paginate(keys.after(after), page, lambda k: self.vms[self._vm_by_key[k]], keep,
+                        kind="vms")
 
 
 class _JobLike(Protocol):
@@ -257,8 +262,8 @@ class JobTable(Generic[J]):
             return (flt.vm_id is None or m.vm_id == flt.vm_id) and (
                 flt.status is None or m.status == flt.status)
 
-        return paginate(self._keys.after(page.after()), page,
-                        lambda k: snapshot(self._jobs[self._by_key[k]]), keep)
+        return paginate(self._keys.after(page.after("migrations")), page,
+                        lambda k: snapshot(self._jobs[self._by_key[k]]), keep, kind="migrations")
 
     def _trim(self) -> None:
         if len(self._jobs) <= self.retention:

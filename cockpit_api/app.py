@@ -38,9 +38,11 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
+from cockpit_api.limits import BodyLimits, RequestLimits
 from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
 from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
 from cockpit_api.sandboxes import SandboxRegistry
+from cockpit_api.served_spec import RawSpecs
 from cockpit_api.state import SCOPE_KEY, Services
 from cockpit_api.validators import validator_map
 
@@ -189,10 +191,13 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         pythonic_params=False,
         validator_map=validator_map(),
     )
+    specs = {API_PREFIX: SPEC}
     if backend.info.kind == "sim":
         app.add_api(CONTROL_SPEC, strict_validation=True,
                     validate_responses=settings.validate_responses,
                     validator_map=validator_map())
+        specs[CONTROL_PREFIX] = CONTROL_SPEC
+    app.add_middleware(RawSpecs, position=MiddlewarePosition.BEFORE_SWAGGER, specs=specs)
     web.add_routes(app, backend)
     _precompute_signatures()
     app.add_middleware(
@@ -204,6 +209,13 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         allow_methods=problems.declared_methods(),
         allow_headers=[*CORS_BASE_HEADERS, *settings.cors_allow_headers],
         expose_headers=list(CORS_EXPOSE_HEADERS),
+    )
+    # Added after CORS at the same position: inside it, so refusals carry CORS headers too.
+    app.add_middleware(
+        RequestLimits,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        limits=BodyLimits(settings.max_body_bytes, settings.max_json_depth,
+                          settings.body_timeout),
     )
     app.add_error_handler(BackendError, problems.on_backend_error)
     app.add_error_handler(AuthError, problems.on_auth_error)

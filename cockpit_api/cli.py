@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import getpass
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from cockpit_api.config import ConfigError, Settings
 
@@ -17,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from cockpit_api.app import create_app
+    from cockpit_api.protocol import HeadLimits, protocol_with
 
     settings = Settings.load(
         args.config, backend=args.backend, scenario=args.scenario, host=args.host,
@@ -40,19 +44,68 @@ def _serve(args: argparse.Namespace) -> int:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
     gc.collect()
     gc.freeze()
+    head_limits = HeadLimits(settings.max_header_bytes, settings.max_headers,
+                             settings.header_timeout, settings.keepalive_timeout)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log, lifespan="on", loop="uvloop", http="httptools")
+                access_log=args.access_log, lifespan="on", loop="uvloop",
+                http=protocol_with(head_limits), log_config=_log_config())
     return 0
+
+
+_SECRET_QUERY = re.compile(r"([?&](?:ticket|token|access_token|refresh_token|password)=)[^&\s\"']*",
+                           re.IGNORECASE)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+
+
+class RedactSecrets(logging.Filter):
+    """Blank tokens in log lines: a JWT anywhere, credential-like query values.
+
+    Bodies (passwords, refresh tokens) are never logged (cockpit_api/validators.py);
+    access tokens travel in headers, which uvicorn does not log, but a URL can carry
+    one (`?ticket=`) and uvicorn's access log and trace log print URLs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            # Its formatter reads the path from args[2]: redact it there.
+            record.args = tuple(_JWT.sub("***", _SECRET_QUERY.sub(r"\1***", a))
+                                if isinstance(a, str) else a for a in record.args)
+            return True
+        message = record.getMessage()
+        clean = _JWT.sub("***", _SECRET_QUERY.sub(r"\1***", message))
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration, with :class:`RedactSecrets` on every handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": RedactSecrets}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact")
+    return config
 
 
 def _hash_password(args: argparse.Namespace) -> int:
     from cockpit_api.auth import hash_password
 
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    if args.password_stdin or not sys.stdin.isatty():
+        # A pipe (`echo pw | cockpit-api hash-password`) is read like --password-stdin:
+        # getpass would find no terminal to prompt on.
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
+        try:
+            password = getpass.getpass("password: ")
+            again = getpass.getpass("again: ")
+        except EOFError:
+            print("no password given (pipe one in, or use --password-stdin)", file=sys.stderr)
+            return 2
+        if again != password:
             print("the passwords differ", file=sys.stderr)
             return 2
     if not password:
@@ -102,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     hp = sub.add_parser("hash-password", help="print a password hash for [[users]] in the config")
-    hp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    hp.add_argument("--password-stdin", action="store_true",
+                    help="read the password from stdin (implied when stdin is a pipe)")
     hp.set_defaults(func=_hash_password)
 
     from cockpit_api import conformance

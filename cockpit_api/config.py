@@ -16,12 +16,22 @@ Example ``cockpit.toml``::
     token_ttl = 3600
     refresh_ttl = 604800
 
+    [limits]                       # hostile input (README "Limits")
+    max_body_bytes = 1048576       # larger bodies: 413, never read past this
+    max_json_depth = 32            # deeper JSON: 400 invalid_json
+    body_timeout = 30.0            # seconds to receive a whole body, else 408
+    max_header_bytes = 32768       # request line + headers; more: 431 (a URL: 414)
+    max_headers = 100              # more header fields: 431
+    header_timeout = 10.0          # seconds from a request's first byte to its last header
+    keepalive_timeout = 5.0        # an idle connection (new, or between requests) is closed
+
     [sim]
     scenario = "default"           # a name in scenarios/ or a file path
     speed = 1.0                    # virtual seconds per real second
     clock_start = 1800000000       # pin the virtual clock's start (Unix s); default: now
     sandbox_max = 100              # how many sandboxes may exist at once (POST /_sim/sandboxes)
     sandbox_ttl = 1800             # default idle lifetime of a sandbox, seconds
+    sandbox_vm_budget = 250000     # VMs in all sandboxes together (the large scenario: 100000)
 
     [libvirt]
     state_file = "/var/lib/cockpit-api/hosts.json"   # stable host ids
@@ -44,19 +54,26 @@ Example ``cockpit.toml``::
 Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
 ``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_CLOCK_START``, ``COCKPIT_JWT_SECRET``,
 ``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``,
-``COCKPIT_SANDBOX_MAX``, ``COCKPIT_SANDBOX_TTL``, and (comma-separated lists)
+``COCKPIT_SANDBOX_MAX``, ``COCKPIT_SANDBOX_TTL``, (comma-separated lists)
 ``COCKPIT_CORS_ORIGINS``, ``COCKPIT_CORS_ALLOW_HEADERS``; ``COCKPIT_CORS_CREDENTIALS``
-is ``1``/``true`` or ``0``/``false``.
+(``1``/``true`` or ``0``/``false``), and one per
+``[limits]`` setting: ``COCKPIT_MAX_BODY_BYTES``, ``COCKPIT_MAX_JSON_DEPTH``,
+``COCKPIT_BODY_TIMEOUT``, ``COCKPIT_MAX_HEADER_BYTES``, ``COCKPIT_MAX_HEADERS``,
+``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+_INT_LIMITS = ("max_body_bytes", "max_json_depth", "max_header_bytes", "max_headers")
+_FLOAT_LIMITS = ("body_timeout", "header_timeout", "keepalive_timeout")
 
 
 class ConfigError(Exception):
@@ -101,11 +118,19 @@ class Settings:
     clock_start: float | None = None
     sandbox_max: int = 100
     sandbox_ttl: int = 1800
+    sandbox_vm_budget: int = 250_000  # VMs in all sandboxes' scenarios together
     state_file: str = "cockpit-hosts.json"
     resync_seconds: float = 30.0
     sample_seconds: float = 10.0
     retention_seconds: int = 86400
     migration_bandwidth_mib: int = 0  # 0: unlimited
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    body_timeout: float = 30.0
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 5.0
     hosts: list[HostConfig] = field(default_factory=list)
     users: list[UserConfig] = field(default_factory=list)
 
@@ -130,7 +155,7 @@ class Settings:
 
     def _apply_toml(self, data: dict[str, Any]) -> None:
         flat: dict[str, Any] = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
-        for section in ("server", "auth", "sim", "libvirt"):
+        for section in ("server", "auth", "sim", "libvirt", "limits"):
             flat.update(data.get(section, {}))
         known = set(self.__dataclass_fields__) - {"hosts", "users"}
         for key, value in flat.items():
@@ -150,7 +175,9 @@ class Settings:
             ("speed", float), ("clock_start", float), ("jwt_secret", str), ("token_ttl", int),
             ("refresh_ttl", int), ("state_file", str), ("sandbox_max", int),
             ("sandbox_ttl", int), ("cors_origins", _csv), ("cors_allow_headers", _csv),
-            ("cors_credentials", _flag))
+            ("cors_credentials", _flag),
+            *((name, int) for name in _INT_LIMITS),
+            *((name, float) for name in _FLOAT_LIMITS))
         for key, conv in conversions:
             value = env.get(f"COCKPIT_{key.upper()}")
             if value is not None:
@@ -168,6 +195,14 @@ class Settings:
                 raise ConfigError(f"user {u.username}: role is admin or viewer")
         if self.token_ttl <= 0 or self.refresh_ttl <= 0:
             raise ConfigError("token lifetimes must be positive")
+        for name in (*_INT_LIMITS, *_FLOAT_LIMITS):
+            value = getattr(self, name)
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not 0 < value < math.inf):
+                raise ConfigError(f"{name} must be a positive number, not {value!r}")
+        if not 1 <= self.max_json_depth <= 1000:
+            # orjson, which checks bodies, stops at 1024 levels on its own.
+            raise ConfigError("max_json_depth must be between 1 and 1000")
         if self.sandbox_max < 0 or self.sandbox_ttl <= 0:
             raise ConfigError("sandbox_max must be >= 0 and sandbox_ttl positive")
         if self.cors_credentials and "*" in self.cors_origins:

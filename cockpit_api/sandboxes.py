@@ -115,8 +115,20 @@ class SandboxRegistry:
                 f"the cap of {cap} sandboxes is reached: delete one (DELETE "
                 "/_sim/sandboxes/{id}), let one expire, or raise sandbox_max", code="sandbox_limit")
         sc = self._scenario(scenario, seed)
-        clock = VirtualClock(now if clock_start is None else clock_start,
-                             speed=self.settings.speed if speed is None else speed)
+        budget = self.settings.sandbox_vm_budget
+        held = sum(len(b.services.backend.scenario.vms) for b in self._boxes.values()
+                   if isinstance(b.services.backend, SimulatedBackend))
+        if held + len(sc.vms) > budget:
+            # Memory is what a VM costs (~1.5 KiB): a few large sandboxes must not take it all.
+            raise Conflict(
+                f"sandboxes may hold {budget} VMs in all; {held} are held and this scenario "
+                f"has {len(sc.vms)}: delete a sandbox or raise sandbox_vm_budget",
+                code="sandbox_limit")
+        # Unless told otherwise, a sandbox's clock starts where the server's was pinned
+        # (--clock-start), else now, and runs at the server's --speed.
+        if clock_start is None:
+            clock_start = now if self.settings.clock_start is None else self.settings.clock_start
+        clock = VirtualClock(clock_start, speed=self.settings.speed if speed is None else speed)
         backend = SimulatedBackend(sc, clock)
         s = self.settings
         auth = AuthService(

@@ -130,6 +130,12 @@ def test_worlds_do_not_see_each_others_changes(client: TestClient, admin: dict[s
     assert sleeps == [0.3]
     r = client.post(f"{a}{API}/vms/{DB1}/action", json={"action": "suspend"}, headers=ha)
     assert r.status_code == 503 and r.json()["code"] == "injected_fault"
+    # B loads another scenario: A and the root keep theirs.
+    tiny = {"hosts": [{"hostname": "h1"}], "vms": [{"name": "only", "host": "h1"}]}
+    assert client.post(f"{b}/_sim/scenario", json={"data": tiny},
+                       headers=hb).json()["vms"] == 1
+    assert client.get(f"{a}/_sim/state", headers=ha).json()["vms"] == 14
+    assert client.get("/_sim/state", headers=admin).json()["vms"] == 14
     # Clocks are separate: advancing A finishes A's migration only.
     client.post(f"{a}/_sim/clock", json={"advance": 60}, headers=ha)
     assert client.get(f"{a}{API}/migrations/{mid}", headers=ha).json()["status"] == "completed"
@@ -179,6 +185,22 @@ def test_the_cap(capped: TestClient, auth_clock: FakeClock) -> None:
                                capped.get("/_sim/sandboxes", headers=admin).json()["sandboxes"]]
 
 
+def test_a_vm_budget_bounds_what_all_sandboxes_hold(sim: SimulatedBackend,
+                                                    auth_clock: FakeClock) -> None:
+    settings = Settings(jwt_secret=SECRET, sandbox_vm_budget=20)
+    with TestClient(create_app(settings, backend=sim, auth_clock=auth_clock)) as c:
+        admin = login(c, "admin", "admin")
+        first = _new(c, admin)  # 14 VMs
+        r = c.post("/_sim/sandboxes", headers=admin)
+        assert r.status_code == 409 and r.json()["code"] == "sandbox_limit"
+        assert "hold 20 VMs in all; 14 are held" in r.json()["detail"]
+        small = {"hosts": [{"hostname": "h"}], "vms": [{"name": "v", "host": "h"}]}
+        assert c.post("/_sim/sandboxes", json={"scenario": small},
+                      headers=admin).status_code == 201
+        c.delete(f"/_sim/sandboxes/{first['id']}", headers=admin)
+        assert c.post("/_sim/sandboxes", headers=admin).status_code == 201
+
+
 def test_scenario_seed_and_clock_options(client: TestClient, admin: dict[str, str]) -> None:
     data = {"name": "tiny", "hosts": [{"hostname": "h1.example"}, {"hostname": "h2.example"}],
             "vms": [{"name": "only", "host": "h1.example", "status": "running"}]}
@@ -199,6 +221,14 @@ def test_scenario_seed_and_clock_options(client: TestClient, admin: dict[str, st
                        json={"username": "qa", "password": "pw"}).status_code == 200
     assert client.post(f"{qa['path']}{API}/auth/login",
                        json={"username": "admin", "password": "admin"}).status_code == 401
+
+
+def test_a_pinned_server_clock_pins_its_sandboxes(sim: SimulatedBackend,
+                                                  auth_clock: FakeClock) -> None:
+    settings = Settings(jwt_secret=SECRET, clock_start=1_750_000_000, speed=0)
+    with TestClient(create_app(settings, backend=sim, auth_clock=auth_clock)) as c:
+        admin = login(c, "admin", "admin")
+        assert c.post("/_sim/sandboxes", headers=admin).json()["now"] == 1_750_000_000
 
 
 def test_specs_and_ui_point_at_the_sandbox(client: TestClient, admin: dict[str, str]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.sandbox_flows import World, actions_flow, migrations_flow, new_sandbox, noisy_root_flow
-from tests.serving import served
+from tests.serving import Server, free_port, serve_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 12
@@ -25,9 +25,22 @@ WORKERS = 3
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with served() as base:
-        yield base
+def served_process() -> Iterator[Server]:
+    port = free_port()
+    argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port)]
+    with serve_process(argv, port) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def server(served_process: Server) -> str:
+    return served_process.base
+
+
+def test_start_up_prints_no_deprecation_noise(served_process: Server) -> None:
+    log = served_process.log()
+    assert "Uvicorn running on" in log, log
+    assert "eprecat" not in log and "Warning" not in log, log
 
 
 def _run_together(*jobs: Callable[[], None]) -> None:
