@@ -30,7 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from backends.base import Backend, BackendError, PageRequest
-from cockpit_api import logs, problems
+from cockpit_api import logs, problems, web
 from cockpit_api.access import AccessMiddleware
 from cockpit_api.auth import (
     AuthError,
@@ -221,6 +221,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_middleware(RawSpecs, position=MiddlewarePosition.BEFORE_SWAGGER, specs=specs)
     app.add_api(OPS_SPEC, base_path="", strict_validation=True,
                 validate_responses=settings.validate_responses)
+    web.add_routes(app, backend)
     _precompute_signatures()
     app.add_middleware(
         CORSMiddleware,

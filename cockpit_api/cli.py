@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     # In JSON mode the banner is log records too: every line on the output parses.
     say = banner.info if settings.log_format == "json" else functools.partial(print, flush=True)
     say(f"Cockpit API ({settings.backend} backend) on {base}/api/v1")
+    say(f"  Dashboard  {base}/dashboard/")
     say(f"  Swagger UI {base}/api/v1/ui/   spec {base}/api/v1/openapi.json")
     say(f"  health {base}/healthz   readiness {base}/readyz   metrics {base}/metrics")
     scenario = getattr(app.services.backend, "scenario", None)
