@@ -30,7 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from backends.base import Backend, BackendError, PageRequest
-from cockpit_api import logs, problems
+from cockpit_api import logs, problems, web
 from cockpit_api.access import AccessMiddleware
 from cockpit_api.audit import READS, Auditor, OperationIndex
 from cockpit_api.auth import (
@@ -44,6 +44,9 @@ from cockpit_api.auth import (
 from cockpit_api.config import ConfigError, Settings
 from cockpit_api.feed import feed_of
 from cockpit_api.limits import BodyLimits, RequestLimits
+from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
+from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
+from cockpit_api.sandboxes import SandboxRegistry
 from cockpit_api.served_spec import RawSpecs
 from cockpit_api.state import SCOPE_KEY, Services
 from cockpit_api.store import MEMORY_URL, Store, open_store
@@ -58,11 +61,21 @@ CONTROL_SPEC = Path(__file__).resolve().parent / "control.yaml"
 OPS_SPEC = Path(__file__).resolve().parent / "ops.yaml"  # /healthz, /readyz, /metrics
 API_PREFIX = "/api/v1"
 CONTROL_PREFIX = "/_sim"
+# Request headers a browser app may always send; Settings.cors_allow_headers adds more.
+CORS_BASE_HEADERS = ("Authorization", "Content-Type", "X-Request-Id", "Last-Event-ID",
+                     "If-None-Match")
+CORS_EXPOSE_HEADERS = ("Location", "Retry-After", "WWW-Authenticate", "X-Request-Id",
+                       "X-Feed-Position", "ETag")
 
 
 class CockpitApp:
-    """The ASGI app: puts this instance's services in each scope, adds simulated latency,
-    and audits every write (cockpit_api/audit.py)."""
+    """The ASGI app: picks the world a request is for, puts its services in the scope,
+    adds its simulated latency, and audits every write (cockpit_api/audit.py).
+
+    ``/sandboxes/{id}/...`` is a sandbox (cockpit_api/sandboxes.py): the scope's
+    ``root_path`` becomes ``/sandboxes/{id}``, below which the one shared Connexion
+    app routes as at the root. Everything else is the default world.
+    """
 
     def __init__(self, inner: Any, services: Services,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -77,16 +90,30 @@ class CockpitApp:
                                clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.inner(scope, receive, send)
+            return
+        services = self.services
+        path: str = scope["path"]
+        registry = services.sandboxes
+        if registry is not None and path.startswith(SANDBOX_PREFIX):
+            sid, box = registry.route(path)
+            if box is None:
+                scope[MISSING_SANDBOX] = sid  # routed nowhere: a 404 that names the sandbox
+            else:
+                services = box.services
+                root = scope.get("root_path", "") + box.path
+                scope = dict(scope, root_path=root)
+                path = path[len(box.path):]
+        scope[SCOPE_KEY] = services
         if scope["type"] == "http":
-            scope[SCOPE_KEY] = self.services
-            latency = getattr(self.services.backend, "latency_ms", 0)
-            if latency and scope["path"].startswith(API_PREFIX):
+            latency_for = getattr(services.backend, "latency_for", None)
+            latency = latency_for(path, scope["method"]) if latency_for else 0
+            if latency:
                 await self._sleep(latency / 1000)
             if scope["method"] not in READS:
                 await self.auditor(scope, receive, send)
                 return
-        elif scope["type"] == "websocket":
-            scope[SCOPE_KEY] = self.services
         await self.inner(scope, receive, send)
 
 
@@ -106,8 +133,12 @@ def build_backend(settings: Settings) -> Backend:
     return LibvirtBackend.from_settings(settings)
 
 
+def _config_users(settings: Settings) -> list[User]:
+    return [User(u.username, u.password_hash, u.role) for u in settings.users]
+
+
 def _users(settings: Settings, backend: Backend) -> list[User]:
-    users = [User(u.username, u.password_hash, u.role) for u in settings.users]
+    users = _config_users(settings)
     scenario = getattr(backend, "scenario", None)
     if scenario is not None:
         # Demo users exist only with the simulator, never in front of real hosts.
@@ -129,7 +160,7 @@ def _precompute_signatures() -> None:
     when a function carries one (about 10% of a request, bench/README.md).
     """
     for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "ops", "events",
-                 "audit"):
+                 "sandboxes", "audit"):
         module = importlib.import_module(f"handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
@@ -165,6 +196,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 
     writer = logs.access_writer(settings.log_format) if settings.access_log else None
     feed_of(backend)  # the change feed's history starts with the app
+    scenario = getattr(backend, "scenario", None)
+    if scenario is not None:  # the simulator: sandboxes are more simulated worlds
+        services.sandboxes = SandboxRegistry(settings, auth_clock, _config_users(settings),
+                                             services.metrics)
+        services.sandboxes.remember(scenario.users, auth.users)
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -175,6 +211,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             yield
         finally:
             services.started = False
+            if services.sandboxes is not None:
+                await services.sandboxes.close()
             await auth.stop()
             await backend.close()
             if writer is not None:
@@ -201,16 +239,17 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_middleware(RawSpecs, position=MiddlewarePosition.BEFORE_SWAGGER, specs=specs)
     app.add_api(OPS_SPEC, base_path="", strict_validation=True,
                 validate_responses=settings.validate_responses)
+    web.add_routes(app, backend)
     _precompute_signatures()
     app.add_middleware(
         CORSMiddleware,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-Id", "If-None-Match",
-                       "Last-Event-ID"],
-        expose_headers=["Location", "Retry-After", "WWW-Authenticate", "X-Request-Id", "ETag",
-                        "X-Feed-Position"],
+        allow_credentials=settings.cors_credentials,
+        # Every method an operation of the two specs uses (DELETE /_sim/faults, ...).
+        allow_methods=problems.declared_methods(),
+        allow_headers=[*CORS_BASE_HEADERS, *settings.cors_allow_headers],
+        expose_headers=list(CORS_EXPOSE_HEADERS),
     )
     # Added after CORS at the same position: inside it, so refusals carry CORS headers too.
     app.add_middleware(

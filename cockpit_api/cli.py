@@ -9,6 +9,7 @@ import getpass
 import logging
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 
 from cockpit_api import logs
@@ -22,7 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
         args.config, backend=args.backend, scenario=args.scenario, host=args.host,
         port=args.port, speed=args.speed, validate_responses=args.validate_responses or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, log_format=args.log_format,
-        access_log=args.access_log or None, state_dir=args.state_dir, store_url=args.store,
+        access_log=args.access_log or None, clock_start=args.clock_start,
+        state_dir=args.state_dir, store_url=args.store,
     )
     # Before importing the app: its imports can warn, and warnings are log records too.
     logs.configure(settings.log_format, args.log_level)
@@ -37,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     # In JSON mode the banner is log records too: every line on the output parses.
     say = banner.info if settings.log_format == "json" else functools.partial(print, flush=True)
     say(f"Cockpit API ({settings.backend} backend) on {base}/api/v1")
+    say(f"  Dashboard  {base}/dashboard/")
     say(f"  Swagger UI {base}/api/v1/ui/   spec {base}/api/v1/openapi.json")
     say(f"  health {base}/healthz   readiness {base}/readyz   metrics {base}/metrics")
     scenario = getattr(app.services.backend, "scenario", None)
@@ -45,6 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
             f" control plane {base}/_sim/ui/")
         users = ", ".join(f"{u.username}/{u.password} ({u.role})" for u in scenario.users)
         say(f"  demo users: {users}")
+        say(f"  sandboxes: POST {base}/_sim/sandboxes (admin; at most {settings.sandbox_max},"
+            f" idle expiry {settings.sandbox_ttl} s)")
     if not settings.tls_cert and settings.host not in ("127.0.0.1", "::1", "localhost"):
         banner.warning("serving plain HTTP on %s: passwords and tokens cross the network in "
                        "clear; use --tls-cert/--tls-key or a TLS proxy", settings.host)
@@ -149,6 +154,22 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
                              "(default: sqlite in the state directory)")
 
 
+def _instant(value: str) -> float:
+    """Unix seconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    from datetime import UTC, datetime
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither Unix seconds nor an ISO 8601 time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cockpit-api", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(serve)
     serve.add_argument("--speed", type=float, default=None,
                        help="virtual seconds per real second for the simulator (default 1)")
+    serve.add_argument("--clock-start", type=_instant, default=None,
+                       help="pin the virtual clock's start: Unix seconds or an ISO 8601 time "
+                            "(default: now)")
     serve.add_argument("--validate-responses", action="store_true",
                        help="check every answer against openapi.yaml (slower)")
     serve.add_argument("--log-level", default="info")
@@ -194,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Connexion 3.3 imports Starlette's test client at import time (connexion/apps/abstract.py),
+    # and Starlette then warns, on every start, about the test client's httpx dependency: a
+    # warning about tests that a server user can do nothing about.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from cockpit_api.store import StoreError

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from backends.base import Backend
     from cockpit_api.auth import AuthService
     from cockpit_api.config import Settings
+    from cockpit_api.sandboxes import SandboxRegistry
     from cockpit_api.store import Store
 
 SCOPE_KEY = "cockpit"
@@ -35,6 +36,10 @@ class Services:
     # By name; the app adds "backend"; the store adds its own ("store") when it exists.
     ready_checks: dict[str, ReadyCheck] = field(default_factory=dict)
     started: bool = False  # set by the lifespan once backend.start() returned
+    # The app's sandboxes (simulator only), shared by every world; sandbox_id is None
+    # in the default world, the root API.
+    sandboxes: SandboxRegistry | None = None
+    sandbox_id: str | None = None
     store: Store | None = None  # what outlives the process (cockpit_api/store)
 
 

@@ -41,6 +41,12 @@ def backend() -> Backend:
     return services_of(context.scope).backend
 
 
+def root_path() -> str:
+    """The request's world: "" at the root, ``/sandboxes/{id}`` in a sandbox (for Location)."""
+    root: str = context.scope.get("root_path", "")
+    return root.rstrip("/")
+
+
 def feed() -> Feed:
     return feed_of(services_of(context.scope).backend)
 

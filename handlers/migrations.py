@@ -15,6 +15,7 @@ from handlers._common import (
     page_json,
     page_request,
     require_admin,
+    root_path,
     state_tag,
 )
 
@@ -30,7 +31,7 @@ async def migrate_vm(id: str, body: Json) -> Response:  # noqa: A002
     )
     job = await backend().migrate(id, req)
     return ok({"migration_id": job.id, "status": "initiated"}, 202,
-              {"Location": f"/api/v1/migrations/{job.id}"})
+              {"Location": f"{root_path()}/api/v1/migrations/{job.id}"})
 
 
 async def list_migrations(limit: int = 100, cursor: str | None = None, vm_id: str | None = None,
