@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 PORT    ?= 8080
 ARGS    ?=
 
-.PHONY: serve test install install-test system-deps node-deps lint types pytest bench clean
+.PHONY: serve test install install-test system-deps node-deps dashboard lint types pytest bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,11 @@ system-deps: install-test
 node-deps:
 	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --silent; \
 	 else echo "no npm: spec linters and TypeScript client tests will be skipped"; fi
+
+# Rebuild the dashboard (TypeScript + vendored uPlot) into cockpit_api/dashboard/; commit the
+# result. Only for changing the page: serving it needs no Node.
+dashboard: node-deps
+	$(PY) dashboard/build.py
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -12,15 +12,18 @@ sequence of calls and clock advances always give the same answers.
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import itertools
 import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
+from backends import _sim_metrics as metrics
 from backends import scenario as scenarios
 from backends.base import (
     ACTIVE_STATUSES,
@@ -47,11 +50,10 @@ from backends.base import (
     VmFilter,
     VmStatus,
 )
-from backends.inventory import Inventory, JobTable
+from backends.inventory import Inventory, JobTable, ResetObserver
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-_MASK64 = (1 << 64) - 1
 _HISTORY_LIMIT = 2000
 
 
@@ -98,7 +100,12 @@ class VirtualClock:
 
 @dataclass(slots=True)
 class Fault:
-    """A failure armed by the control plane for the next matching call(s)."""
+    """A failure armed by the control plane for the next matching call(s).
+
+    ``vm_id`` and ``host_id`` narrow it to calls on that VM, or on VMs of that
+    host (a migration matches its source and its destination), so that one
+    test's fault cannot fire in another test's flow.
+    """
 
     operation: str  # "action" | "migrate"
     mode: str = "reject"  # "reject": the call errors; "fail": the migration fails mid-way
@@ -106,6 +113,28 @@ class Fault:
     message: str = "injected fault"
     at_percent: float = 50.0
     remaining: int = 1
+    vm_id: str | None = None
+    host_id: str | None = None
+
+    def matches(self, operation: str, vm: Vm, destination: str | None) -> bool:
+        if self.operation != operation:
+            return False
+        if self.vm_id is not None and self.vm_id != vm.id:
+            return False
+        return self.host_id is None or self.host_id in (vm.host_id, destination)
+
+
+@dataclass(slots=True)
+class LatencyRule:
+    """Extra delay for requests whose path (under the base URL) matches a glob."""
+
+    ms: int
+    path: str  # fnmatch glob: "/api/v1/vms/*/migrate", "/api/v1/*/metrics"
+    method: str | None = None  # None: every method
+
+    def matches(self, path: str, method: str) -> bool:
+        return (self.method is None or self.method == method) \
+            and fnmatch.fnmatchcase(path, self.path)
 
 
 @dataclass(slots=True)
@@ -125,6 +154,7 @@ class _Job:
     error: str | None = None
     fail_fraction: float | None = None
     fail_message: str | None = None
+    copy: metrics.Interval | None = None  # while copying: for the metrics
 
     def processed(self, t: float) -> int:
         if self.status == "completed":
@@ -154,6 +184,7 @@ class _Guest:
     vcpus: int
     epoch: int = 0  # bumped on every power change; stale scheduled events check it
     history: list[tuple[float, str, str]] = field(default_factory=list)
+    copies: list[metrics.Interval] = field(default_factory=list)  # its migrations' copies
 
 
 @dataclass(slots=True)
@@ -186,10 +217,14 @@ class SimulatedBackend:
         self.bandwidth = bandwidth_bytes_per_s
         self.setup_seconds = setup_seconds
         self.history_seconds = history_seconds
-        self.latency_ms = 0
+        self.latency_ms = 0  # every /api/v1 answer, unless a rule below matches
+        self.latency_rules: list[LatencyRule] = []
         self.faults: deque[Fault] = deque()
         self.scenario = scenario
         self.info = BackendInfo("sim", {"scenario": scenario.name, "seed": scenario.seed})
+        # Bumped on every reset, so that a reset world never hands out a migration id
+        # it gave before (a UI caching jobs by id would show the old one).
+        self._generation = 0
         self._s = self._build(scenario)
 
     # ------------------------------------------------------------ lifecycle
@@ -212,7 +247,13 @@ class SimulatedBackend:
             self.info = BackendInfo("sim", {"scenario": scenario.name, "seed": scenario.seed})
         self.faults.clear()
         self.latency_ms = 0
-        self._s = self._build(self.scenario)
+        self.latency_rules.clear()
+        self._generation += 1
+        old, self._s = self._s, self._build(self.scenario)
+        # The change feed follows the new state; its clients must re-list everything.
+        self._s.inv.observer, self._s.jobs.observer = old.inv.observer, old.jobs.observer
+        if isinstance(old.inv.observer, ResetObserver):
+            old.inv.observer.state_replaced()
 
     def set_host_status(self, host_id: str, status: str) -> Host:
         self._settle()
@@ -240,27 +281,71 @@ class SimulatedBackend:
             raise InvalidArgument("only a migration can fail mid-way", code="bad_fault")
         if fault.mode == "reject" and fault.status not in (409, 503):
             raise InvalidArgument("a rejection answers 409 or 503", code="bad_fault")
+        self._settle()
+        if fault.vm_id is not None:
+            self._s.inv.get_vm(fault.vm_id)  # 404 now, not a fault that never fires
+        if fault.host_id is not None:
+            self._s.inv.get_host(fault.host_id)
         self.faults.append(fault)
+
+    def set_latency(self, ms: int, path: str | None = None, method: str | None = None) -> None:
+        """Without ``path``: every /api/v1 answer. With it: a rule (0 removes it)."""
+        if path is None:
+            self.latency_ms = ms
+            return
+        method = method.upper() if method else None
+        self.latency_rules = [r for r in self.latency_rules
+                              if (r.path, r.method) != (path, method)]
+        if ms:
+            # The newest rule wins: it is looked at first.
+            self.latency_rules.insert(0, LatencyRule(ms, path, method))
+
+    def latency_for(self, path: str, method: str) -> int:
+        """Milliseconds to hold a request for ``path`` (relative to the base URL)."""
+        for rule in self.latency_rules:
+            if rule.matches(path, method):
+                return rule.ms
+        return self.latency_ms if path.startswith("/api/v1") else 0
 
     def advance(self, seconds: float) -> float:
         self.clock.advance(seconds)
         self._settle()
         return self.now()
 
+    def settle(self) -> None:
+        """Apply what is due now: the change feed calls it while somebody listens."""
+        self._settle()
+
+    def next_due(self) -> float | None:
+        """The virtual time of the next scheduled event, if any."""
+        return self._s.events[0][0] if self._s.events else None
+
+    @property
+    def inventory(self) -> Inventory:
+        return self._s.inv
+
+    @property
+    def jobs(self) -> JobTable[Any]:
+        return self._s.jobs
+
     def summary(self) -> dict[str, Any]:
         self._settle()
         s = self._s
+        now = self.now()
         return {
             "scenario": self.scenario.name,
             "seed": self.scenario.seed,
-            "now": self.now(),
+            "now": now,
+            "now_iso": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
             "speed": self.clock.speed,
             "latency_ms": self.latency_ms,
+            "latency_rules": [asdict(r) for r in self.latency_rules],
             "hosts": len(s.inv.hosts),
             "vms": len(s.inv.vms),
             "migrations_active": sum(
                 1 for j in s.jobs.values() if j.status not in FINAL_MIGRATION_STATUSES),
             "faults_armed": len(self.faults),
+            "faults": [asdict(f) for f in self.faults],
             "pending_events": len(s.events),
         }
 
@@ -297,7 +382,7 @@ class SimulatedBackend:
         self._settle()
         s = self._s
         vm = s.inv.get_vm(vm_id)
-        self._take_fault("action")
+        self._take_fault("action", vm)
         self._require_host(vm.host_id)
         if vm.migration_id is not None:
             raise Conflict(f"VM {vm.name} is migrating ({vm.migration_id})", code="vm_migrating")
@@ -351,7 +436,7 @@ class SimulatedBackend:
         if dest is None:
             raise NotFound(f"no host with id {request.destination_host_id}",
                            code="host_not_found")
-        fault = self._take_fault("migrate")
+        fault = self._take_fault("migrate", vm, dest.id)
         self._require_host(vm.host_id)
         if vm.migration_id is not None:
             raise Conflict(f"VM {vm.name} is already migrating ({vm.migration_id})",
@@ -419,6 +504,8 @@ class SimulatedBackend:
         host = self._s.inv.get_host(host_id)
         now = self.now()
         members = self._s.host_members.get(host_id, set())
+        copies = [j.copy for j in self._s.jobs.values() if j.copy is not None
+                  and host_id in (j.copy.source, j.copy.destination)]
         points = []
         for t in window.times():
             if t > now:
@@ -437,6 +524,9 @@ class SimulatedBackend:
                 mem += pt.memory_used_bytes
                 rates = [a + b for a, b in zip(rates, (pt.disk_read_bps, pt.disk_write_bps,
                                                       pt.net_rx_bps, pt.net_tx_bps), strict=True)]
+            for c in copies:
+                if c.covers(t):  # a migration's copy crosses both hosts' links
+                    rates[3 if c.source == host_id else 2] += c.bytes_per_s
             points.append(MetricPoint(t, round(min(100.0, 2.0 + cpu / host.cpus), 2),
                                       min(mem, host.memory_mib * MIB), *map(_r, rates)))
         return MetricSeries(host_id, window.start, window.end, window.step, tuple(points))
@@ -449,7 +539,9 @@ class SimulatedBackend:
         inv = Inventory()
         host_history: dict[str, list[tuple[float, str]]] = {}
         for h in sc.hosts:
-            inv.put_host(Host(h.id, h.hostname, h.status, h.sync_cursor or int(t),  # type: ignore[arg-type]
+            # A cursor is the Unix time of the host's last change: never in the clock's future.
+            cursor = min(h.sync_cursor, int(t)) if h.sync_cursor else int(t)
+            inv.put_host(Host(h.id, h.hostname, h.status, cursor,  # type: ignore[arg-type]
                               h.cpus, h.memory_mib, 0))
             host_history[h.id] = [(born, h.status)]
         guests: dict[str, _Guest] = {}
@@ -462,8 +554,10 @@ class SimulatedBackend:
             guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
             members[v.host_id].add(v.id)
         inv.bulk_index()
-        return _State(inv, guests, host_history, members, JobTable(), [],
-                      random.Random(sc.seed), itertools.count(1))
+        jobs: JobTable[_Job] = JobTable(snapshot=lambda job: job.snapshot(self.clock.now()))
+        # Job ids come from the seed and the reset count: repeatable, never reused.
+        rng = random.Random(sc.seed + self._generation * 0x9E3779B97F4A7C15)
+        return _State(inv, guests, host_history, members, jobs, [], rng, itertools.count(1))
 
     def _settle(self) -> None:
         """Apply every scheduled event that is due, in time order, each at its own time."""
@@ -484,9 +578,9 @@ class SimulatedBackend:
         if host.status != "connected":
             raise Unavailable(f"host {host.hostname} is disconnected", code="host_disconnected")
 
-    def _take_fault(self, operation: str) -> Fault | None:
+    def _take_fault(self, operation: str, vm: Vm, destination: str | None = None) -> Fault | None:
         for fault in self.faults:
-            if fault.operation == operation:
+            if fault.matches(operation, vm, destination):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self.faults.remove(fault)
@@ -503,23 +597,31 @@ class SimulatedBackend:
     def _put_vm(self, vm: Vm, t: float) -> Vm:
         old = self._s.inv.vms.get(vm.id)
         self._s.inv.put_vm(vm, t)
+        self._remember(old, vm, t)
+        return vm
+
+    def _remember(self, old: Vm | None, vm: Vm, t: float) -> None:
+        """The VM's state history (metrics are computed from it)."""
         if old is None or old.status != vm.status or old.host_id != vm.host_id:
             hist = self._s.guests[vm.id].history
             hist.append((t, vm.status, vm.host_id))
             if len(hist) > _HISTORY_LIMIT:
                 del hist[: len(hist) - _HISTORY_LIMIT]
             self._s.host_members.setdefault(vm.host_id, set()).add(vm.id)
-        return vm
 
     def _set_status(self, vm: Vm, status: VmStatus, t: float) -> Vm:
         self._s.guests[vm.id].epoch += 1
         return self._put_vm(replace(vm, status=status), t)
 
     def _power_off(self, vm: Vm, t: float) -> Vm:
-        off = self._set_status(vm, "shutoff", t)
-        if not vm.persistent:
-            # A transient domain has no definition to fall back to: it is gone.
-            self._s.inv.remove_vm(vm.id, t)
+        if vm.persistent:
+            return self._set_status(vm, "shutoff", t)
+        # A transient domain has no definition to fall back to: it is gone, in one change
+        # (libvirt reports no shut-off state in between, and neither does the feed).
+        self._s.guests[vm.id].epoch += 1
+        off = replace(vm, status="shutoff")
+        self._remember(vm, off, t)
+        self._s.inv.remove_vm(vm.id, t)
         return off
 
     def _schedule_shutdown(self, vm: Vm, t: float) -> None:
@@ -544,6 +646,12 @@ class SimulatedBackend:
             return
         job.status = "running"
         job.started_at = t
+        job.copy = metrics.Interval(t, None, job.source_host_id,
+                                    job.request.destination_host_id, job.bandwidth)
+        copies = self._s.guests[job.vm_id].copies
+        copies.append(job.copy)
+        del copies[:-16]  # bounded: charts of older copies lose their bump, nothing else
+        self._s.jobs.changed(job)
         duration = job.total_bytes / job.bandwidth
         if job.fail_fraction is not None:
             message = job.fail_message or "injected fault"
@@ -558,7 +666,10 @@ class SimulatedBackend:
         s = self._s
         job.status = status
         job.finished_at = t
+        if job.copy is not None:
+            job.copy.end = t
         job.error = error if status != "completed" else None
+        s.jobs.changed(job)
         vm = s.inv.vms.get(job.vm_id)
         if vm is None:
             return
@@ -583,28 +694,20 @@ class SimulatedBackend:
         guest = self._s.guests.get(vm_id)
         if guest is None:
             return None
-        status, host_id = _at_time(guest.history, t, ("shutoff", ""))
+        hist = guest.history
+        i = _index_at(hist, t)
+        since, status, host_id = hist[i] if hist else (t, "shutoff", "")
+        # Booted: it came up from off (a resume or a reboot is no boot).
+        booted = i > 0 and hist[i - 1][1] not in ACTIVE_STATUSES
         vm = self._s.inv.vms.get(vm_id)
         mem_mib = vm.memory_mib if vm is not None else 0
-        load = guest.spec.load
-        if status in ("running", "blocked", "shutdown"):
-            n = [_noise(guest.salt + k, t) for k in range(5)]
-            return MetricPoint(
-                t, round(min(100.0, 100.0 * load * (0.5 + n[0])), 2),
-                int(mem_mib * MIB * (0.3 + 0.5 * load)),
-                _r(load * 4e6 * n[1]), _r(load * 2e6 * n[2]),
-                _r(load * 8e6 * n[3]), _r(load * 5e6 * n[4]),
-            ), host_id
-        if status in ("paused", "pmsuspended"):
-            return MetricPoint(t, 0.0, int(mem_mib * MIB * (0.3 + 0.5 * load)),
-                               0.0, 0.0, 0.0, 0.0), host_id
-        return MetricPoint(t, 0.0, 0, 0.0, 0.0, 0.0, 0.0), host_id
+        migrating = any(c.covers(t) for c in guest.copies)
+        return metrics.vm_point(guest.salt, guest.spec.load, mem_mib, t, status, since, booted,
+                                migrating), host_id
 
 
-def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[str, ...]:
-    """The entry of a (time, values...) history in force at time ``t``."""
-    if not history:
-        return default
+def _index_at(history: list[Any], t: float) -> int:
+    """The index of the (time, values...) entry in force at ``t`` (0 before the first)."""
     lo, hi = 0, len(history)
     while lo < hi:
         mid = (lo + hi) // 2
@@ -612,16 +715,14 @@ def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[st
             lo = mid + 1
         else:
             hi = mid
-    entry = history[lo - 1] if lo else history[0]
-    return tuple(entry[1:])
+    return lo - 1 if lo else 0
 
 
-def _noise(salt: int, t: int) -> float:
-    """A stable pseudo-random number in [0, 1) from (salt, t): splitmix64."""
-    x = (salt * 0x9E3779B97F4A7C15 + t) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (x ^ (x >> 31)) / 2.0**64
+def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The entry of a (time, values...) history in force at time ``t``."""
+    if not history:
+        return default
+    return tuple(history[_index_at(history, t)][1:])
 
 
 def _r(x: float) -> float:

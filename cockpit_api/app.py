@@ -10,7 +10,9 @@ simulator.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import importlib.metadata
 import inspect
 import logging
 import time
@@ -27,8 +29,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from backends.base import Backend, BackendError
-from cockpit_api import problems
+from backends.base import Backend, BackendError, PageRequest
+from cockpit_api import logs, problems, web
+from cockpit_api.access import AccessMiddleware
 from cockpit_api.audit import READS, Auditor, OperationIndex
 from cockpit_api.auth import (
     AuthError,
@@ -39,10 +42,15 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
+from cockpit_api.feed import feed_of
 from cockpit_api.limits import BodyLimits, RequestLimits
+from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
+from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
+from cockpit_api.sandboxes import SandboxRegistry
 from cockpit_api.served_spec import RawSpecs
 from cockpit_api.state import SCOPE_KEY, Services
 from cockpit_api.store import MEMORY_URL, Store, open_store
+from cockpit_api.telemetry import Metrics
 from cockpit_api.validators import validator_map
 
 log = logging.getLogger("cockpit_api")
@@ -50,33 +58,62 @@ log = logging.getLogger("cockpit_api")
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "openapi.yaml"
 CONTROL_SPEC = Path(__file__).resolve().parent / "control.yaml"
+OPS_SPEC = Path(__file__).resolve().parent / "ops.yaml"  # /healthz, /readyz, /metrics
 API_PREFIX = "/api/v1"
 CONTROL_PREFIX = "/_sim"
+# Request headers a browser app may always send; Settings.cors_allow_headers adds more.
+CORS_BASE_HEADERS = ("Authorization", "Content-Type", "X-Request-Id", "Last-Event-ID",
+                     "If-None-Match")
+CORS_EXPOSE_HEADERS = ("Location", "Retry-After", "WWW-Authenticate", "X-Request-Id",
+                       "X-Feed-Position", "ETag")
 
 
 class CockpitApp:
-    """The ASGI app: puts this instance's services in each scope, adds simulated latency,
-    and audits every write (cockpit_api/audit.py)."""
+    """The ASGI app: picks the world a request is for, puts its services in the scope,
+    adds its simulated latency, and audits every write (cockpit_api/audit.py).
 
-    def __init__(self, inner: connexion.AsyncApp, services: Services,
+    ``/sandboxes/{id}/...`` is a sandbox (cockpit_api/sandboxes.py): the scope's
+    ``root_path`` becomes ``/sandboxes/{id}``, below which the one shared Connexion
+    app routes as at the root. Everything else is the default world.
+    """
+
+    def __init__(self, inner: Any, services: Services,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 index: Callable[[], OperationIndex] | None = None) -> None:
+        """``inner``: the Connexion app (possibly wrapped); ``index``: the write operations
+        of the specs it serves (default: read from ``inner``, a Connexion app)."""
         self.inner = inner
         self.services = services
         self._sleep = sleep
-        self._audited = Auditor(inner, services, lambda: OperationIndex.of(inner), clock)
+        self.auditor = Auditor(inner, services, index or (lambda: OperationIndex.of(inner)),
+                               clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.inner(scope, receive, send)
+            return
+        services = self.services
+        path: str = scope["path"]
+        registry = services.sandboxes
+        if registry is not None and path.startswith(SANDBOX_PREFIX):
+            sid, box = registry.route(path)
+            if box is None:
+                scope[MISSING_SANDBOX] = sid  # routed nowhere: a 404 that names the sandbox
+            else:
+                services = box.services
+                root = scope.get("root_path", "") + box.path
+                scope = dict(scope, root_path=root)
+                path = path[len(box.path):]
+        scope[SCOPE_KEY] = services
         if scope["type"] == "http":
-            scope[SCOPE_KEY] = self.services
-            latency = getattr(self.services.backend, "latency_ms", 0)
-            if latency and scope["path"].startswith(API_PREFIX):
+            latency_for = getattr(services.backend, "latency_for", None)
+            latency = latency_for(path, scope["method"]) if latency_for else 0
+            if latency:
                 await self._sleep(latency / 1000)
             if scope["method"] not in READS:
-                await self._audited(scope, receive, send)
+                await self.auditor(scope, receive, send)
                 return
-        elif scope["type"] == "websocket":
-            scope[SCOPE_KEY] = self.services
         await self.inner(scope, receive, send)
 
 
@@ -96,8 +133,12 @@ def build_backend(settings: Settings, store: Store | None = None) -> Backend:
     return LibvirtBackend.from_settings(settings, store=store)
 
 
+def _config_users(settings: Settings) -> list[User]:
+    return [User(u.username, u.password_hash, u.role) for u in settings.users]
+
+
 def _users(settings: Settings, backend: Backend) -> list[User]:
-    users = [User(u.username, u.password_hash, u.role) for u in settings.users]
+    users = _config_users(settings)
     scenario = getattr(backend, "scenario", None)
     if scenario is not None:
         # Demo users exist only with the simulator, never in front of real hosts.
@@ -118,7 +159,8 @@ def _precompute_signatures() -> None:
     x-bearerInfoFunc for every request; inspect returns ``__signature__`` at once
     when a function carries one (about 10% of a request, bench/README.md).
     """
-    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "audit"):
+    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "ops", "events",
+                 "sandboxes", "audit"):
         module = importlib.import_module(f"handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
@@ -143,21 +185,45 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                      audit_retention=settings.audit_retention_days * 86400),
         clock=auth_clock, store=store,
     )
-    services = Services(backend, auth, settings, store)
+    services = Services(backend, auth, settings, Metrics(backend.info.kind, _version()),
+                        store=store)
+    services.ready_checks["backend"] = functools.partial(_backend_ready, services)
+    services.ready_checks["store"] = functools.partial(_store_ready, services)
+    if hasattr(store, "observer"):  # SqlStore times its calls for the metrics
+        setattr(store, "observer", services.metrics.observe_store)  # noqa: B010
+    if hasattr(backend, "call_observer"):  # the libvirt backend times its calls through it
+        setattr(backend, "call_observer", services.metrics.observe_libvirt_call)  # noqa: B010
+
+    writer = logs.access_writer(settings.log_format) if settings.access_log else None
+    feed_of(backend)  # the change feed's history starts with the app
+    scenario = getattr(backend, "scenario", None)
+    if scenario is not None:  # the simulator: sandboxes are more simulated worlds
+        services.sandboxes = SandboxRegistry(settings, auth_clock, _config_users(settings),
+                                             services.metrics)
+        services.sandboxes.remember(scenario.users, auth.users)
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         await backend.start()
         auth.start()
+        services.started = True
         try:
             yield
         finally:
+            services.started = False
+            if services.sandboxes is not None:
+                await services.sandboxes.close()
             await auth.stop()
             await backend.close()
+            if writer is not None:
+                writer.flush()
 
     app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan)
+    # Explicit base paths: Connexion orders its mounts by them before reading the specs'
+    # servers, and the ops API mounted at "" would otherwise shadow the others.
     app.add_api(
         SPEC,
+        base_path=API_PREFIX,
         strict_validation=True,
         validate_responses=settings.validate_responses,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
@@ -166,19 +232,24 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     )
     specs = {API_PREFIX: SPEC}
     if backend.info.kind == "sim":
-        app.add_api(CONTROL_SPEC, strict_validation=True,
+        app.add_api(CONTROL_SPEC, base_path=CONTROL_PREFIX, strict_validation=True,
                     validate_responses=settings.validate_responses,
                     validator_map=validator_map())
         specs[CONTROL_PREFIX] = CONTROL_SPEC
     app.add_middleware(RawSpecs, position=MiddlewarePosition.BEFORE_SWAGGER, specs=specs)
+    app.add_api(OPS_SPEC, base_path="", strict_validation=True,
+                validate_responses=settings.validate_responses)
+    web.add_routes(app, backend)
     _precompute_signatures()
     app.add_middleware(
         CORSMiddleware,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type"],
-        expose_headers=["Location", "Retry-After", "WWW-Authenticate"],
+        allow_credentials=settings.cors_credentials,
+        # Every method an operation of the two specs uses (DELETE /_sim/faults, ...).
+        allow_methods=problems.declared_methods(),
+        allow_headers=[*CORS_BASE_HEADERS, *settings.cors_allow_headers],
+        expose_headers=list(CORS_EXPOSE_HEADERS),
     )
     # Added after CORS at the same position: inside it, so refusals carry CORS headers too.
     app.add_middleware(
@@ -193,4 +264,39 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_error_handler(HTTPException, problems.on_http_exception)
     app.add_error_handler(UnicodeDecodeError, problems.on_bad_encoding)
     app.add_error_handler(Exception, problems.on_unexpected)
-    return CockpitApp(app, services, sleep, auth_clock)
+    return CockpitApp(AccessMiddleware(app, services, access_log=writer), services, sleep,
+                      auth_clock, index=lambda: OperationIndex.of(app))
+
+
+async def _store_ready(services: Services) -> str | None:
+    """The store answers a query (logins, refreshes and the audit log need it)."""
+    try:
+        await asyncio.to_thread(services.auth.store.ping)
+    except Exception:  # StoreUnavailable, or whatever a dead connection raises
+        return "the state store cannot be reached"
+    return None
+
+
+async def _backend_ready(services: Services) -> str | None:
+    """Started; with libvirt, at least one host connected (the simulator is always ready)."""
+    if not services.started:
+        return "the backend has not started"
+    if services.backend.info.kind != "libvirt":
+        return None
+    connected = total = 0
+    cursor: str | None = None
+    while True:
+        page = await services.backend.list_hosts(PageRequest(limit=1000, cursor=cursor))
+        total += len(page.items)
+        connected += sum(h.status == "connected" for h in page.items)
+        cursor = page.next_cursor
+        if connected or cursor is None:
+            break
+    return None if connected else f"no host is connected (0 of {total})"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cockpit-api")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -90,19 +90,25 @@ class Auditor:
         self._index: OperationIndex | None = None
         self._clock = clock
 
+    @property
+    def index(self) -> OperationIndex:
+        """Built at the first write: every API is added by then."""
+        if self._index is None:
+            self._index = self._index_factory()
+        return self._index
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in READS:
             await self.app(scope, receive, send)
             return
-        if self._index is None:
-            self._index = self._index_factory()
+        index = self.index
         # The path as the client sent it (Starlette: root_path included), matched below a
         # mount too (e.g. /sandboxes/{id}: root_path names the mount).
         path: str = scope["path"]
         root = scope.get("root_path", "")
-        operation = self._index.find(scope["method"], path)
+        operation = index.find(scope["method"], path)
         if operation is None and root and path.startswith(root):
-            operation = self._index.find(scope["method"], path[len(root):])
+            operation = index.find(scope["method"], path[len(root):])
         if operation is None:
             await self.app(scope, receive, send)
             return

@@ -3,39 +3,56 @@
 from __future__ import annotations
 
 import argparse
-import copy
+import functools
 import gc
 import getpass
 import logging
 import re
 import sys
+import warnings
 from collections.abc import Sequence
-from typing import Any
 
+from cockpit_api import logs
 from cockpit_api.config import ConfigError, Settings
+
+banner = logging.getLogger("cockpit_api.serve")
 
 
 def _serve(args: argparse.Namespace) -> int:
+    settings = Settings.load(
+        args.config, backend=args.backend, scenario=args.scenario, host=args.host,
+        port=args.port, speed=args.speed, validate_responses=args.validate_responses or None,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, log_format=args.log_format,
+        access_log=args.access_log or None, clock_start=args.clock_start,
+        state_dir=args.state_dir, store_url=args.store,
+    )
+    # Before importing the app: its imports can warn, and warnings are log records too.
+    logs.configure(settings.log_format, args.log_level)
     import uvicorn
 
     from cockpit_api.app import create_app
     from cockpit_api.protocol import HeadLimits, protocol_with
 
-    settings = Settings.load(
-        args.config, backend=args.backend, scenario=args.scenario, host=args.host,
-        port=args.port, speed=args.speed, validate_responses=args.validate_responses or None,
-        state_dir=args.state_dir, store_url=args.store,
-    )
     app = create_app(settings)
-    base = f"http://{settings.host}:{settings.port}"
-    print(f"Cockpit API ({settings.backend} backend) on {base}/api/v1", flush=True)
-    print(f"  Swagger UI {base}/api/v1/ui/   spec {base}/api/v1/openapi.json", flush=True)
+    scheme = "https" if settings.tls_cert else "http"
+    base = f"{scheme}://{settings.host}:{settings.port}"
+    # In JSON mode the banner is log records too: every line on the output parses.
+    say = banner.info if settings.log_format == "json" else functools.partial(print, flush=True)
+    say(f"Cockpit API ({settings.backend} backend) on {base}/api/v1")
+    say(f"  Dashboard  {base}/dashboard/")
+    say(f"  Swagger UI {base}/api/v1/ui/   spec {base}/api/v1/openapi.json")
+    say(f"  health {base}/healthz   readiness {base}/readyz   metrics {base}/metrics")
     scenario = getattr(app.services.backend, "scenario", None)
     if scenario is not None:
-        print(f"  scenario {scenario.name!r}: {len(scenario.hosts)} hosts, {len(scenario.vms)} VMs;"
-              f" control plane {base}/_sim/ui/", flush=True)
+        say(f"  scenario {scenario.name!r}: {len(scenario.hosts)} hosts, {len(scenario.vms)} VMs;"
+            f" control plane {base}/_sim/ui/")
         users = ", ".join(f"{u.username}/{u.password} ({u.role})" for u in scenario.users)
-        print(f"  demo users: {users}", flush=True)
+        say(f"  demo users: {users}")
+        say(f"  sandboxes: POST {base}/_sim/sandboxes (admin; at most {settings.sandbox_max},"
+            f" idle expiry {settings.sandbox_ttl} s)")
+    if not settings.tls_cert and settings.host not in ("127.0.0.1", "::1", "localhost"):
+        banner.warning("serving plain HTTP on %s: passwords and tokens cross the network in "
+                       "clear; use --tls-cert/--tls-key or a TLS proxy", settings.host)
     # Everything built so far (spec, validators, scenario) lives as long as the process:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
     gc.collect()
@@ -44,10 +61,15 @@ def _serve(args: argparse.Namespace) -> int:
                              settings.header_timeout, settings.keepalive_timeout)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactSecrets())
+    # uvicorn's access log is off: ours (cockpit_api/access.py) has the request id, the
+    # operation and the user, and leaves out the query string. log_config=None keeps the
+    # handlers logs.configure installed (with RedactSecrets, just above); uvicorn's
+    # loggers propagate to them.
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                    access_log=args.access_log, lifespan="on", loop="uvloop",
-                    http=protocol_with(head_limits), log_config=_log_config())
+                    log_config=None, access_log=False, lifespan="on", loop="uvloop",
+                    http=protocol_with(head_limits), ssl_certfile=settings.tls_cert,
+                    ssl_keyfile=settings.tls_key)
     finally:
         app.services.auth.store.close()
     return 0
@@ -77,17 +99,6 @@ class RedactSecrets(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, ()
         return True
-
-
-def _log_config() -> dict[str, Any]:
-    """uvicorn's logging configuration, with :class:`RedactSecrets` on every handler."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["redact"] = {"()": RedactSecrets}
-    for handler in config["handlers"].values():
-        handler.setdefault("filters", []).append("redact")
-    return config
 
 
 def _hash_password(args: argparse.Namespace) -> int:
@@ -143,6 +154,22 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
                              "(default: sqlite in the state directory)")
 
 
+def _instant(value: str) -> float:
+    """Unix seconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    from datetime import UTC, datetime
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither Unix seconds nor an ISO 8601 time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cockpit-api", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,10 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(serve)
     serve.add_argument("--speed", type=float, default=None,
                        help="virtual seconds per real second for the simulator (default 1)")
+    serve.add_argument("--clock-start", type=_instant, default=None,
+                       help="pin the virtual clock's start: Unix seconds or an ISO 8601 time "
+                            "(default: now)")
     serve.add_argument("--validate-responses", action="store_true",
                        help="check every answer against openapi.yaml (slower)")
     serve.add_argument("--log-level", default="info")
-    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--log-format", choices=logs.FORMATS, default=None,
+                       help="text (default) or json: one JSON object per line")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log every request (request id, operation, status, duration, user)")
+    serve.add_argument("--tls-cert", default=None,
+                       help="PEM certificate (chain): serve HTTPS; needs --tls-key")
+    serve.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
     serve.set_defaults(func=_serve)
 
     hp = sub.add_parser("hash-password", help="print a password hash for [[users]] in the config")
@@ -182,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Connexion 3.3 imports Starlette's test client at import time (connexion/apps/abstract.py),
+    # and Starlette then warns, on every start, about the test client's httpx dependency: a
+    # warning about tests that a server user can do nothing about.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from cockpit_api.store import StoreError

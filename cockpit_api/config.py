@@ -7,7 +7,14 @@ Example ``cockpit.toml``::
     [server]
     host = "127.0.0.1"
     port = 8080
-    cors_origins = ["http://localhost:5173"]
+    cors_origins = ["http://localhost:5173"]   # default ["*"]
+    cors_allow_headers = ["X-Trace-Id"]         # added to Authorization, Content-Type, X-Request-Id
+    cors_credentials = false       # true needs explicit cors_origins (browsers refuse "*")
+    tls_cert = "/etc/cockpit-api/tls.crt"   # PEM; with tls_key, serve HTTPS
+    tls_key = "/etc/cockpit-api/tls.key"
+    log_format = "json"            # or "text" (default)
+    access_log = true              # one line per request (default off)
+    metrics_token = "a long random string"   # /metrics then needs it as a bearer token
 
     [auth]
     jwt_secret = "at least 32 bytes of secret ......"   # optional: else generated, in the store
@@ -34,6 +41,10 @@ Example ``cockpit.toml``::
     [sim]
     scenario = "default"           # a name in scenarios/ or a file path
     speed = 1.0                    # virtual seconds per real second
+    clock_start = 1800000000       # pin the virtual clock's start (Unix s); default: now
+    sandbox_max = 100              # how many sandboxes may exist at once (POST /_sim/sandboxes)
+    sandbox_ttl = 1800             # default idle lifetime of a sandbox, seconds
+    sandbox_vm_budget = 250000     # VMs in all sandboxes together (the large scenario: 100000)
 
     [libvirt]
     state_file = "/var/lib/cockpit-api/hosts.json"   # stable host ids
@@ -54,12 +65,18 @@ Example ``cockpit.toml``::
     role = "admin"
 
 Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
-``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_JWT_SECRET``,
+``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_CLOCK_START``, ``COCKPIT_JWT_SECRET``,
 ``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``,
-``COCKPIT_STATE_DIR``, ``COCKPIT_STORE_URL``, and one per
+``COCKPIT_STATE_DIR``, ``COCKPIT_STORE_URL``,
+``COCKPIT_TLS_CERT``, ``COCKPIT_TLS_KEY``, ``COCKPIT_LOG_FORMAT``,
+``COCKPIT_ACCESS_LOG`` (``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``),
+``COCKPIT_METRICS_TOKEN``, ``COCKPIT_SANDBOX_MAX``, ``COCKPIT_SANDBOX_TTL``,
+(comma-separated lists) ``COCKPIT_CORS_ORIGINS``, ``COCKPIT_CORS_ALLOW_HEADERS``;
+``COCKPIT_CORS_CREDENTIALS`` (a boolean, as above), and one per
 ``[limits]`` setting: ``COCKPIT_MAX_BODY_BYTES``, ``COCKPIT_MAX_JSON_DEPTH``,
 ``COCKPIT_BODY_TIMEOUT``, ``COCKPIT_MAX_HEADER_BYTES``, ``COCKPIT_MAX_HEADERS``,
-``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``.
+``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``. The README's operator
+section has them all in one table.
 
 ``Settings()`` built in code (tests, embedding) has no state directory and an
 in-memory store; ``Settings.load`` (the CLI) fills in the state directory and
@@ -71,6 +88,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +123,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    # Request headers a browser may send besides the built-in ones (CORS_BASE_HEADERS).
+    cors_allow_headers: list[str] = field(default_factory=list)
+    cors_credentials: bool = False
     validate_responses: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_format: str = "text"  # or "json": one object per line (cockpit_api/logs.py)
+    access_log: bool = False
+    metrics_token: str | None = None  # None: /metrics is open (like most exporters)
     jwt_secret: str | None = None
     jwt_issuer: str = "cockpit-api"
     jwt_audience: str = "cockpit-api"
@@ -120,6 +146,9 @@ class Settings:
     scenario: str = "default"
     speed: float = 1.0
     clock_start: float | None = None
+    sandbox_max: int = 100
+    sandbox_ttl: int = 1800
+    sandbox_vm_budget: int = 250_000  # VMs in all sandboxes' scenarios together
     state_file: str = "cockpit-hosts.json"
     resync_seconds: float = 30.0
     sample_seconds: float = 10.0
@@ -193,19 +222,24 @@ class Settings:
                               f"password_hash and role: {exc}") from None
 
     def _apply_env(self, env: Any) -> None:
-        for key, conv in (("backend", str), ("host", str), ("port", int), ("scenario", str),
-                          ("speed", float), ("jwt_secret", str), ("token_ttl", int),
-                          ("refresh_ttl", int), ("state_file", str), ("state_dir", str),
-                          ("store_url", str),
-                          *((name, int) for name in _INT_LIMITS),
-                          *((name, float) for name in _FLOAT_LIMITS)):
+        conversions: tuple[tuple[str, Callable[[str], Any]], ...] = (
+            ("backend", str), ("host", str), ("port", int), ("scenario", str),
+            ("speed", float), ("clock_start", float), ("jwt_secret", str), ("token_ttl", int),
+            ("refresh_ttl", int), ("state_file", str), ("tls_cert", str),
+            ("tls_key", str), ("log_format", str), ("access_log", _boolean),
+            ("metrics_token", str), ("sandbox_max", int), ("sandbox_ttl", int),
+            ("cors_origins", _csv), ("cors_allow_headers", _csv), ("cors_credentials", _boolean),
+            ("state_dir", str), ("store_url", str),
+            *((name, int) for name in _INT_LIMITS),
+            *((name, float) for name in _FLOAT_LIMITS))
+        for key, conv in conversions:
             value = env.get(f"COCKPIT_{key.upper()}")
             if value is not None:
                 try:
                     setattr(self, key, conv(value))
                 except ValueError:
-                    raise ConfigError(
-                        f"COCKPIT_{key.upper()}={value!r} is not a {conv.__name__}") from None
+                    kind = "boolean" if conv is _boolean else getattr(conv, "__name__", "value")
+                    raise ConfigError(f"COCKPIT_{key.upper()}={value!r} is not a {kind}") from None
 
     def _check(self) -> None:
         if self.backend not in ("sim", "libvirt"):
@@ -215,6 +249,10 @@ class Settings:
                 raise ConfigError(f"user {u.username}: role is admin or viewer")
         if self.token_ttl <= 0 or self.refresh_ttl <= 0:
             raise ConfigError("token lifetimes must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both tls_cert and tls_key (PEM files), or neither")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format is 'text' or 'json', not {self.log_format!r}")
         for name in (*_INT_LIMITS, *_FLOAT_LIMITS):
             value = getattr(self, name)
             if (not isinstance(value, (int, float)) or isinstance(value, bool)
@@ -223,3 +261,24 @@ class Settings:
         if not 1 <= self.max_json_depth <= 1000:
             # orjson, which checks bodies, stops at 1024 levels on its own.
             raise ConfigError("max_json_depth must be between 1 and 1000")
+        if self.sandbox_max < 0 or self.sandbox_ttl <= 0:
+            raise ConfigError("sandbox_max must be >= 0 and sandbox_ttl positive")
+        if self.cors_credentials and "*" in self.cors_origins:
+            # Browsers refuse credentials with a wildcard origin: name the origins.
+            raise ConfigError("cors_credentials needs explicit cors_origins, not \"*\"")
+
+
+def _boolean(value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+_csv.__name__ = "comma-separated list"

@@ -31,6 +31,8 @@ from starlette.exceptions import HTTPException
 
 from backends.base import BackendError, Unavailable
 from cockpit_api.auth import AuthError, Throttled
+from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
+from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
 
 log = logging.getLogger("cockpit_api")
 
@@ -150,11 +152,15 @@ def on_connexion_problem(request: ConnexionRequest, exc: Exception) -> Connexion
 
 def on_http_exception(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, HTTPException)
+    missing = request.scope.get(MISSING_SANDBOX)
+    if missing is not None and exc.status_code == 404:
+        return problem(404, f"no sandbox {missing}: it expired or was deleted",
+                       code="sandbox_not_found", instance=_path(request))
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         # Starlette names only the methods of the first route that matched the path, so a path
         # with two operations (POST and DELETE /_sim/faults) would advertise one of them.
-        allowed = allowed_methods(_path(request))
+        allowed = allowed_methods(_world_path(_path(request)))
         if allowed:
             headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
             headers["Allow"] = ", ".join(allowed)
@@ -182,6 +188,21 @@ def _routes() -> tuple[tuple[re.Pattern[str], frozenset[str]], ...]:
             pattern = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
             routes.append((re.compile(pattern + "/?"), frozenset(methods)))
     return tuple(routes)
+
+
+def _world_path(path: str) -> str:
+    """A path below its sandbox's base (/sandboxes/{id}), as the specs spell it."""
+    if path.startswith(SANDBOX_PREFIX):
+        return "/" + path[len(SANDBOX_PREFIX):].partition("/")[2]
+    return path
+
+
+def declared_methods() -> list[str]:
+    """Every method some operation of the specs uses, and OPTIONS (for CORS)."""
+    methods = {"OPTIONS"}
+    for _, route_methods in _routes():
+        methods |= route_methods
+    return sorted(methods)
 
 
 def allowed_methods(path: str) -> list[str]:

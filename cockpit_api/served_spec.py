@@ -34,7 +34,12 @@ class RawSpecs:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            path: str = scope.get("root_path", "") + scope["path"]
+            # ASGI: ``path`` includes ``root_path`` (a sandbox's /sandboxes/{id} is both);
+            # an app mounted under a prefix by a server may send it without.
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if not path.startswith(root):
+                path = root + path
             for suffix, media in (("/openapi.json", "application/json"),
                                   ("/openapi.yaml", "text/yaml")):
                 if path.endswith(suffix):

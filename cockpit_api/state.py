@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from cockpit_api.telemetry import Metrics
 
 if TYPE_CHECKING:
     from backends.base import Backend
     from cockpit_api.auth import AuthService
     from cockpit_api.config import Settings
+    from cockpit_api.sandboxes import SandboxRegistry
     from cockpit_api.store import Store
 
 SCOPE_KEY = "cockpit"
 # A dict per write request, filled by whoever knows (the app: who and which operation;
 # a handler: e.g. the username of a login) and written to the audit log at the answer.
 AUDIT_KEY = "cockpit.audit"
+# The request's id (str): the client's valid X-Request-Id or one made here
+# (cockpit_api/access.py). Read it with ``scope[REQUEST_ID_KEY]`` or request_id_of().
+REQUEST_ID_KEY = "cockpit.request_id"
+
+# A readiness check answers None when fine, else a short reason; /readyz runs them all.
+ReadyCheck = Callable[[], Awaitable[str | None]]
 
 
 @dataclass
@@ -22,7 +32,15 @@ class Services:
     backend: Backend
     auth: AuthService
     settings: Settings
-    store: Store | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    # By name; the app adds "backend"; the store adds its own ("store") when it exists.
+    ready_checks: dict[str, ReadyCheck] = field(default_factory=dict)
+    started: bool = False  # set by the lifespan once backend.start() returned
+    # The app's sandboxes (simulator only), shared by every world; sandbox_id is None
+    # in the default world, the root API.
+    sandboxes: SandboxRegistry | None = None
+    sandbox_id: str | None = None
+    store: Store | None = None  # what outlives the process (cockpit_api/store)
 
 
 def services_of(scope: Any) -> Services:
@@ -35,3 +53,8 @@ def audit_note(scope: Any, **fields: Any) -> None:
     note = scope.get(AUDIT_KEY)
     if note is not None:
         note.update(fields)
+
+
+def request_id_of(scope: Any) -> str | None:
+    rid: str | None = scope.get(REQUEST_ID_KEY)
+    return rid

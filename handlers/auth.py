@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from connexion import request
+from connexion import context, request
 from starlette.responses import Response
 
 from cockpit_api.auth import TokenPair
 from cockpit_api.state import audit_note
-from handlers._common import Json, no_content, ok, services
+from handlers._common import Json, iso, no_content, ok, services
 
 
 def _pair(pair: TokenPair) -> Response:
@@ -37,3 +37,9 @@ async def logout(body: Json) -> Response:
     if username is not None:
         audit_note(request.scope, actor=username)
     return no_content()
+
+
+async def get_me() -> Response:
+    info = context.context.get("token_info") or {}
+    return ok({"username": info["sub"], "role": info["role"], "expires_at": iso(info["exp"])},
+              headers={"Cache-Control": "no-store"})

@@ -61,6 +61,7 @@ async def add_fault(body: Json) -> Response:
         operation=body["operation"], mode=body.get("mode", "reject"),
         status=body.get("status", 503), message=body.get("message", "injected fault"),
         at_percent=float(body.get("at_percent", 50)), remaining=body.get("count", 1),
+        vm_id=body.get("vm_id"), host_id=body.get("host_id"),
     ))
     return ok(sim.summary())
 
@@ -73,7 +74,7 @@ async def clear_faults() -> Response:
 
 async def set_latency(body: Json) -> Response:
     sim = _sim()
-    sim.latency_ms = int(body["ms"])
+    sim.set_latency(int(body["ms"]), body.get("path"), body.get("method"))
     return ok(sim.summary())
 
 

@@ -8,11 +8,15 @@ from backends.base import MigrationFilter, MigrationRequest
 from handlers._common import (
     Json,
     backend,
+    cached,
+    feed,
     migration_json,
     ok,
     page_json,
     page_request,
     require_admin,
+    root_path,
+    state_tag,
 )
 
 
@@ -27,18 +31,21 @@ async def migrate_vm(id: str, body: Json) -> Response:  # noqa: A002
     )
     job = await backend().migrate(id, req)
     return ok({"migration_id": job.id, "status": "initiated"}, 202,
-              {"Location": f"/api/v1/migrations/{job.id}"})
+              {"Location": f"{root_path()}/api/v1/migrations/{job.id}"})
 
 
 async def list_migrations(limit: int = 100, cursor: str | None = None, vm_id: str | None = None,
                           status: str | None = None) -> Response:
     flt = MigrationFilter(vm_id=vm_id, status=status)  # type: ignore[arg-type]
     page = await backend().list_migrations(page_request(limit, cursor), flt)
-    return ok(page_json("migrations", page, migration_json))
+    f = feed()  # read after the list: the position covers what the list shows
+    return cached(lambda: page_json("migrations", page, migration_json),
+                  state_tag(f, page.items), f.position())
 
 
 async def get_migration(migration_id: str) -> Response:
-    return ok(migration_json(await backend().get_migration(migration_id)))
+    job = await backend().get_migration(migration_id)
+    return cached(lambda: migration_json(job), state_tag(feed(), [job]))
 
 
 async def cancel_migration(migration_id: str) -> Response:

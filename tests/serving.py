@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -40,10 +40,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve_process(argv: list[str], port: int, timeout: float = 30.0,
+def serve_process(argv: list[str], port: int, timeout: float = 30.0, *, scheme: str = "http",
+                  verify: Any = True,
                   env: dict[str, str | None] | None = None) -> Iterator[Server]:
     """Run ``argv`` until it serves. ``env`` adds (or, with None, removes) variables.
 
+    ``verify``: what httpx checks the server's certificate with (an SSLContext for TLS).
     Unless ``env`` names one, the process keeps its state in a temporary
     directory of its own (``COCKPIT_STATE_DIR``): tests never write to $HOME.
     """
@@ -59,14 +61,15 @@ def serve_process(argv: list[str], port: int, timeout: float = 30.0,
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(argv, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT,
                             text=True)
-    server = Server(f"http://127.0.0.1:{port}", proc.pid, log)
+    server = Server(f"{scheme}://127.0.0.1:{port}", proc.pid, log)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.base}/api/v1/openapi.json", timeout=1).status_code == 200:
+                probe = httpx.get(f"{server.base}/api/v1/openapi.json", timeout=1, verify=verify)
+                if probe.status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server did not answer within {timeout} s:\n{server.log()}")
@@ -90,5 +93,5 @@ def served(*args: str, timeout: float = 30.0,
     port = free_port()
     argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port),
             "--log-level", "warning", *args]
-    with serve_process(argv, port, timeout, env) as server:
+    with serve_process(argv, port, timeout, env=env) as server:
         yield server.base

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,7 +38,7 @@ from backends.base import (
     Vm,
     VmFilter,
 )
-from backends.inventory import Inventory
+from backends.inventory import Inventory, JobTable
 from backends.libvirt import calls, durable
 from backends.libvirt.hostids import HostIdError
 from backends.libvirt.hosts import HostConfigLike, Hosts, HostState, Tuning
@@ -125,6 +125,25 @@ class LibvirtBackend:
     @property
     def _hosts(self) -> dict[str, HostState]:
         return self.hosts.by_id
+
+    @property
+    def inventory(self) -> Inventory:
+        """What the hosts report, as the API lists it (the change feed observes it)."""
+        return self._inv
+
+    @property
+    def jobs(self) -> JobTable[Job]:
+        """The migration jobs (the change feed observes them)."""
+        return self.migrations.jobs
+
+    @property
+    def call_observer(self) -> Callable[[str, float, bool], None] | None:
+        """Told (call, seconds, ok) after each libvirt call; create_app sets it to metrics."""
+        return self.hosts.call_observer
+
+    @call_observer.setter
+    def call_observer(self, observer: Callable[[str, float, bool], None] | None) -> None:
+        self.hosts.call_observer = observer
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store | None = None,

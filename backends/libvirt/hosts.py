@@ -110,6 +110,9 @@ class Hosts:
         self.on_unrecorded: Callable[[str], None] = lambda _u: None
         self.on_connected: Callable[[HostState], None] = lambda _h: None
         self.on_domain_event: Callable[[str], None] = lambda _u: None
+        # (call, seconds, ok) after each libvirt call: the app's metrics set it (through
+        # LibvirtBackend.call_observer) to time calls by their fixed description.
+        self.call_observer: Callable[[str, float, bool], None] | None = None
         t = time.time()
         for h in self.order:
             inv.put_host(Host(h.id, h.name, "disconnected", int(t), 0, 0, 0))
@@ -258,11 +261,14 @@ class Hosts:
         if link is None:
             raise Unavailable(f"host {h.name} is disconnected", code=HOST_DISCONNECTED)
         limit = self.tuning.call_timeout if timeout is None else timeout
+        t0, ok = time.perf_counter(), False
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
             # races with the call's result, and a task then outlives close().
             async with asyncio.timeout(limit):
-                return await link.call(fn, what)
+                result = await link.call(fn, what)
+                ok = True
+                return result
         except TimeoutError:
             raise Unavailable(f"host {h.name} did not answer ({what}) within {limit:g} s",
                               code="host_busy") from None
@@ -271,6 +277,13 @@ class Hosts:
             if err.code == HOST_DISCONNECTED:
                 self._check_link_soon(h, link)
             raise err from None
+        finally:
+            self.observe(what, time.perf_counter() - t0, ok)
+
+    def observe(self, what: str, seconds: float, ok: bool) -> None:
+        """Tell the call observer (metrics) how long a libvirt call took (queue included)."""
+        if self.call_observer is not None:
+            self.call_observer(what, seconds, ok)
 
     async def call(self, h: HostState, fn: Callable[[Any], T], what: str) -> T:
         self.require_connected(h)

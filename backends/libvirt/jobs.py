@@ -226,11 +226,15 @@ class Migrations:
                     calls.migrate, uuid=job.vm_id, dest_uri=dest.migration_uri, params=params,
                     flags=migration_flags(job.request)), "migrate")
                 job.status, job.started_at = "running", time.time()
+                self.jobs.changed(job)
                 poller = self.hosts.spawn(self._poll_progress(job, src))
+                t0, ok = time.perf_counter(), False
                 try:
                     await call
+                    ok = True
                 finally:
                     poller.cancel()
+                    self.hosts.observe("migrate", time.perf_counter() - t0, ok)
             except TimeoutError:
                 raise Unavailable(f"host {src.name} did not answer a new connection within "
                                   f"{self.tuning.connect_timeout:g} s",
@@ -275,6 +279,7 @@ class Migrations:
         job.status, job.error, job.finished_at = status, error, time.time()
         if self.by_vm.get(job.vm_id) is job:
             del self.by_vm[job.vm_id]
+        self.jobs.changed(job)  # the feed hears the outcome now, before the VM's event
         self.hosts.recompute(job.vm_id)
         job.done.set()
         if not job.mirror:
@@ -310,6 +315,7 @@ class Migrations:
         src, dest = sources[0], dests[0]
         job = self._new(uuid, src, MigrationRequest(dest.id), adopted=True)
         job.status, job.started_at = "running", job.created_at
+        self.jobs.changed(job)
         log.warning("migration of %s from %s to %s is running with no job here: adopted as %s",
                     uuid, src.name, dest.name, job.id)
         self.hosts.spawn(self._record_adopted(job))
@@ -471,6 +477,7 @@ class Migrations:
             if job is None or not job.mirror:
                 continue
             durable.apply_record(job, rec)
+            self.jobs.changed(job)  # the other replica's progress, for the feed
             expired = rec.lease_owner is None or (rec.lease_expires_at or 0) <= now
             if expired and await self.records.take_lease(rec.id):
                 job.mirror = False
@@ -480,6 +487,7 @@ class Migrations:
             final = await self.records.get(job.id)  # it ended on the replica that drove it
             if final is not None:
                 durable.apply_record(job, final)
+                self.jobs.changed(job)
             if self.by_vm.get(job.vm_id) is job:
                 del self.by_vm[job.vm_id]
             with contextlib.suppress(BackendError):

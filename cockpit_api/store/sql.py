@@ -15,6 +15,7 @@ import functools
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -79,10 +80,14 @@ def _secret(args: Any) -> str | None:
 
 
 def _unavailable(fn: Callable[P, R]) -> Callable[P, R]:
-    """Database connection failures become :class:`StoreUnavailable` (503)."""
+    """Database connection failures become :class:`StoreUnavailable` (503); each call is
+    timed for ``SqlStore.observer`` (the app's metrics), by method name."""
+    name = fn.__name__
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        observer = getattr(args[0], "observer", None) if args else None
+        t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
@@ -93,6 +98,9 @@ def _unavailable(fn: Callable[P, R]) -> Callable[P, R]:
                 log.error("store connection lost: %s", _one_line(exc, _secret(args)))
                 raise StoreUnavailable() from None
             raise
+        finally:
+            if observer is not None:
+                observer(name, time.perf_counter() - t0)
 
     return wrapper
 
@@ -102,6 +110,8 @@ class SqlStore:
 
     def __init__(self, url: str) -> None:
         self.display_url = display_url(url)
+        # Called with (method name, seconds) after every call: the app's metrics.
+        self.observer: Callable[[str, float], None] | None = None
         try:
             parsed = make_url(url)
         except sa_exc.ArgumentError:
@@ -213,7 +223,8 @@ class SqlStore:
 
     @_unavailable
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        # Through _tx, like every call: sqlite:// is one connection shared by threads.
+        with self._tx() as conn:
             conn.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:

@@ -1,0 +1,67 @@
+// Small DOM helpers: build elements, keep keyboard focus across re-renders, tell the user.
+import { ApiError } from "./api.js";
+export function h(tag, attrs = {}, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+        if (v === null || v === undefined || v === false)
+            continue;
+        if (typeof v === "function")
+            el.addEventListener(k.replace(/^on/, ""), v);
+        else if (v === true)
+            el.setAttribute(k, "");
+        else
+            el.setAttribute(k, String(v));
+    }
+    for (const c of children) {
+        if (c === null || c === undefined || c === false)
+            continue;
+        el.append(c);
+    }
+    return el;
+}
+/**
+ * Replace a region's content without losing the keyboard user's place: the element
+ * that had focus is found again by its `data-key` in the new content.
+ */
+export function replace(region, ...children) {
+    const active = document.activeElement;
+    const key = active && region.contains(active) ? active.dataset.key : undefined;
+    region.replaceChildren(...children.filter((c) => !!c));
+    if (key) {
+        const again = region.querySelector(`[data-key="${CSS.escape(key)}"]`);
+        again?.focus();
+    }
+}
+let errorRegion = null;
+let statusRegion = null;
+export function regions(errors, status) {
+    errorRegion = errors;
+    statusRegion = status;
+}
+/** An error as the problem's title and detail (role=alert: screen readers read it at once). */
+export function showError(err, context = "") {
+    if (!errorRegion)
+        return;
+    const e = err instanceof ApiError ? err : new ApiError(0, "Something went wrong", String(err), "");
+    const item = h("div", { class: "problem", "data-code": e.code, "data-status": e.status }, h("strong", { class: "problem-title" }, context ? `${context}: ${e.title}` : e.title), e.detail ? h("span", { class: "problem-detail" }, ` — ${e.detail}`) : null, e.code ? h("code", { class: "problem-code" }, e.code) : null, 
+    // The fields, unless the detail already names each of them.
+    e.fields.some((f) => !e.detail.includes(f.pointer)) ? h("ul", { class: "problem-fields" }, ...e.fields.map((f) => h("li", {}, h("code", {}, f.pointer), ` ${f.detail}`))) : null, e.requestId ? h("span", { class: "problem-request muted" }, `request ${e.requestId}`) : null, h("button", { type: "button", class: "link", "aria-label": "Dismiss this message",
+        onclick: () => item.remove() }, "Dismiss"));
+    errorRegion.prepend(item);
+    while (errorRegion.children.length > 4)
+        errorRegion.lastElementChild?.remove();
+}
+export function clearErrors() {
+    errorRegion?.replaceChildren();
+}
+/** A polite announcement (role=status) of what just happened. */
+export function announce(text) {
+    if (statusRegion)
+        statusRegion.textContent = text;
+}
+export function badge(kind, text = kind) {
+    return h("span", { class: `badge badge-${kind}` }, text);
+}
+export function mib(v) {
+    return v >= 1024 ? `${(v / 1024).toFixed(v % 1024 ? 1 : 0)} GiB` : `${v} MiB`;
+}
