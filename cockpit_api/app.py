@@ -28,7 +28,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from backends.base import Backend, BackendError
-from cockpit_api import problems
+from cockpit_api import pipeline, problems
 from cockpit_api.auth import (
     AuthError,
     AuthService,
@@ -142,7 +142,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         finally:
             await backend.close()
 
-    app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan)
+    # The compiled pipeline (cockpit_api/pipeline.py) serves every operation of both specs;
+    # Connexion's own layers below it serve the rest (UI, specs, 404/405, HEAD).
+    app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan,
+                             middlewares=pipeline.middlewares() if settings.compiled_pipeline
+                             else None)
     app.add_api(
         SPEC,
         strict_validation=True,

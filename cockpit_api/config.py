@@ -77,6 +77,8 @@ class Settings:
     port: int = 8080
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     validate_responses: bool = False
+    # Serve operations through cockpit_api/pipeline.py (off: Connexion's own per-request stack).
+    compiled_pipeline: bool = True
     jwt_secret: str | None = None
     jwt_issuer: str = "cockpit-api"
     jwt_audience: str = "cockpit-api"

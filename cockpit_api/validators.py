@@ -33,6 +33,16 @@ def _parameter_validator(param: dict[str, Any]) -> Draft4Validator:
 
 
 class CachedParameterValidator(ParameterValidator):
+    def validate_query_parameter_list(self, request: Any,
+                                      security_params: Any = None) -> set[str]:
+        # Same set difference as Connexion's, without rebuilding the spec's names per request.
+        names = self.__dict__.get("_query_names")
+        if names is None:
+            names = self.__dict__["_query_names"] = frozenset(
+                p["name"] for p in self.parameters.get("query", []))
+        extra = set(request.query_params.keys()) - names
+        return extra.difference(security_params or ())
+
     @staticmethod
     def validate_parameter(parameter_type: str, value: Any, param: dict[str, Any],
                            param_name: str | None = None) -> str | None:
