@@ -34,7 +34,8 @@ following stops holding:
   Starlette's thread pool as ``ASGIDecorator`` does.
 - **The stack.** ``ConnexionMiddleware.middlewares`` (classes or partials) and
   ``middleware_stack`` (outermost first, the wrapped app last, an ``AsyncASGIApp``
-  for ``AsyncApp``), built on the first call, which sets ``scope["app"]``.
+  for ``AsyncApp``), built by ``_build_middleware_stack()`` on the first call (which
+  sets ``scope["app"]``), or earlier by ``build_stack``.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ from starlette.types import ASGIApp, Receive, Scope
 __all__ = [
     "CONTEXT_NAME", "ROUTING_CONTEXT", "SWAGGER_UI", "AbstractOperation", "ArgumentPlan",
     "AsyncASGIApp", "BodyCheck", "ConnexionRequest", "ReplacedLayers", "RoutedAPI", "Security",
-    "SpecMiddleware", "arguments", "compile_route", "get_route_path", "handler_arguments",
-    "invoke", "is_async_app", "response_validator", "sanitizer", "set_context", "stack_below",
+    "SpecMiddleware", "arguments", "build_stack", "compile_route", "get_route_path",
+    "handler_arguments", "invoke", "is_async_app", "response_validator", "sanitizer",
+    "set_context", "stack_below",
 ]
 
 # The layers the compiled pipeline stands in for, in Connexion's order. Any other
@@ -350,12 +352,12 @@ def compile_route(base_path: str, operation: AbstractOperation
     return regex, convertors, bool(convertors)
 
 
-def stack_below(scope: Scope, me: type) -> tuple[list[t.Any], t.Any] | None:
+def stack_below(mw: t.Any, me: type) -> tuple[list[t.Any], t.Any] | None:
     """The middleware classes Connexion placed below ``me``, and the wrapped app.
 
-    None when the scope does not come from a ConnexionMiddleware that built its stack.
+    ``mw`` is what Connexion puts in ``scope["app"]``; None unless it is a
+    ConnexionMiddleware that built its stack with ``me`` in it.
     """
-    mw = scope.get("app")
     if not isinstance(mw, ConnexionMiddleware) or not mw.middleware_stack:
         return None
     classes = [getattr(m, "func", m) for m in mw.middlewares]
@@ -363,6 +365,12 @@ def stack_below(scope: Scope, me: type) -> tuple[list[t.Any], t.Any] | None:
         return None
     stack = list(mw.middleware_stack)
     return classes[classes.index(me) + 1:], stack[-1]
+
+
+def build_stack(mw: ConnexionMiddleware) -> None:
+    """Build the middleware stack now, as ConnexionMiddleware does on its first call."""
+    if mw.middleware_stack is None:
+        mw.app, mw.middleware_stack = mw._build_middleware_stack()
 
 
 def is_async_app(app: t.Any) -> bool:

@@ -169,9 +169,9 @@ class CompiledPipeline(cx.SpecMiddleware):
 
     # ---------------------------------------------------------------- building
 
-    def compile(self, scope: Scope) -> None:
+    def compile(self, connexion_middleware: t.Any) -> None:
         self._mounts = []
-        below = cx.stack_below(scope, type(self))
+        below = cx.stack_below(connexion_middleware, type(self))
         if below is None:
             self.disabled_reason = "not inside a ConnexionMiddleware stack"
             log.warning("compiled pipeline off: %s", self.disabled_reason)
@@ -260,7 +260,7 @@ class CompiledPipeline(cx.SpecMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._mounts is None:
-            self.compile(scope)
+            self.compile(scope.get("app"))
         if scope["type"] == "http" and self._mounts:
             found = self.find(cx.get_route_path(scope), scope["method"])
             if found is not None:
@@ -283,6 +283,21 @@ def middlewares() -> list[t.Any]:
     stack = list(ConnexionMiddleware.default_middlewares)
     stack.insert(stack.index(ExceptionMiddleware) + 1, CompiledPipeline)
     return stack
+
+
+def prepare(app: t.Any) -> CompiledPipeline | None:
+    """Build the app's middleware stack and compile its pipelines now rather than on the
+    first request or lifespan event: the CLI does this before ``gc.freeze()``, so what the
+    compilation allocates is frozen with the rest of the start-up."""
+    inner = getattr(app, "inner", app)
+    middleware = getattr(inner, "middleware", None)
+    if middleware is None:
+        return None
+    cx.build_stack(middleware)
+    compiled = of(app)
+    if compiled is not None and compiled._mounts is None:
+        compiled.compile(middleware)
+    return compiled
 
 
 def of(app: t.Any) -> CompiledPipeline | None:

@@ -53,6 +53,7 @@ def test_the_stack_and_where_the_pipeline_sits() -> None:
     assert tuple(ours[ours.index(pipeline.CompiledPipeline) + 1:]) == cx.ReplacedLayers
     mw = ConnexionMiddleware(object())  # type: ignore[arg-type]
     assert hasattr(mw, "middlewares") and mw.middleware_stack is None
+    assert callable(mw._build_middleware_stack)
 
 
 def test_the_context_is_four_context_vars_set_like_context_middleware() -> None:
