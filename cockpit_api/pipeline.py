@@ -76,12 +76,12 @@ class Pipeline:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send,
                        path_params: dict[str, t.Any]) -> None:
-        # The scope the handler sees, as Connexion's routing leaves it.
+        # The scope the handler sees, as Connexion's routing leaves it: a copy, sharing the
+        # extensions dict when there is one (middlewares above read the routing from it).
         scope = dict(scope)
         scope["path_params"] = path_params
-        extensions = dict(scope.get("extensions") or ())
-        extensions[cx.ROUTING_CONTEXT] = self.routing
-        scope["extensions"] = extensions
+        scope.setdefault("extensions", {}).setdefault(cx.ROUTING_CONTEXT, {}).update(
+            self.routing)
         checks = self.checks
         request = cx.ConnexionRequest(scope, receive, uri_parser=checks.uri_parser)
         if self.security.required:
@@ -289,8 +289,7 @@ def prepare(app: t.Any) -> CompiledPipeline | None:
     """Build the app's middleware stack and compile its pipelines now rather than on the
     first request or lifespan event: the CLI does this before ``gc.freeze()``, so what the
     compilation allocates is frozen with the rest of the start-up."""
-    inner = getattr(app, "inner", app)
-    middleware = getattr(inner, "middleware", None)
+    middleware = _connexion_middleware(app)
     if middleware is None:
         return None
     cx.build_stack(middleware)
@@ -301,8 +300,20 @@ def prepare(app: t.Any) -> CompiledPipeline | None:
 
 
 def of(app: t.Any) -> CompiledPipeline | None:
-    """The app's compiled pipeline once its stack is built (after the first request or
-    lifespan start-up); for tests and diagnostics."""
-    inner = getattr(app, "inner", app)  # a CockpitApp wraps the AsyncApp
-    stack = getattr(getattr(inner, "middleware", None), "middleware_stack", None) or []
+    """The app's compiled pipeline once its stack is built (after ``prepare``, the first
+    request or the lifespan start-up); for tests and diagnostics. ``app`` is the AsyncApp
+    or anything wrapping it through ``inner``/``app`` attributes (CockpitApp, middlewares)."""
+    middleware = _connexion_middleware(app)
+    stack = getattr(middleware, "middleware_stack", None) or []
     return next((m for m in stack if isinstance(m, CompiledPipeline)), None)
+
+
+def _connexion_middleware(app: t.Any) -> t.Any:
+    for _ in range(8):  # wrappers around the AsyncApp, outermost first
+        middleware = getattr(app, "middleware", None)
+        if middleware is not None:
+            return middleware
+        app = getattr(app, "inner", None) or getattr(app, "app", None)
+        if app is None:
+            return None
+    return None

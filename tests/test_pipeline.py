@@ -84,8 +84,8 @@ def _answer(r: Any) -> tuple[int, str | None, Any, dict[str, str]]:
     if ctype and "json" in ctype and r.content:
         body = r.json()
         if isinstance(body, dict):
-            body.pop("token", None)
-            body.pop("refresh_token", None)
+            for unique in ("token", "refresh_token", "request_id"):  # differ per app/request
+                body.pop(unique, None)
     keep = {k: v for k, v in r.headers.items()
             if k in ("allow", "www-authenticate", "location", "retry-after", "cache-control")}
     return r.status_code, ctype, body, keep
