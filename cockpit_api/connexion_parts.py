@@ -159,10 +159,11 @@ class BodyCheck:
         self._validator_map = self._request_validation._validator_map
         self.uri_parser = operation.uri_parser_class(operation.parameters,
                                                      operation.body_definition())
+        self.security_query_params: list[str] = self._request_validation.security_query_params
         self.parameters = self._validator_map["parameter"](
             operation.parameters, uri_parser=self.uri_parser,
             strict_validation=strict_validation,
-            security_query_params=self._request_validation.security_query_params)
+            security_query_params=self.security_query_params)
         # No request body and no media types to check: skip the whole body step.
         self.has_body = bool(operation.consumes) or bool(operation.body_schema())
         self._bodies: dict[tuple[str, str], t.Any] = {}

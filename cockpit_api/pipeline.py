@@ -85,7 +85,10 @@ class Pipeline:
         checks = self.checks
         request = cx.ConnexionRequest(scope, receive, uri_parser=checks.uri_parser)
         if self.security.required:
-            await self.security.verify(request)
+            # Connexion's security sees Starlette's raw query parameters (its request has no
+            # URI parser): an API key in the query must not arrive parsed as a list.
+            await self.security.verify(
+                cx.ConnexionRequest(scope, receive) if checks.security_query_params else request)
         checks.validate_parameters(request)
         if checks.has_body:
             new_receive, new_scope = await checks.validate_body(scope, receive)

@@ -27,6 +27,16 @@ def token_info(token: str) -> dict[str, Any] | None:
     return {"sub": "tester", "scope": []} if token == "good" else None
 
 
+def key_info(api_key: Any, required_scopes: Any = None) -> dict[str, Any] | None:
+    # Connexion hands security functions the raw query value: a string, never a list.
+    assert isinstance(api_key, str), api_key
+    return {"sub": api_key} if api_key.startswith("k-") else None
+
+
+async def keyed(user: str) -> dict[str, Any]:
+    return {"user": user}
+
+
 async def get_item(item_id: str, verbose: bool = False) -> dict[str, Any]:
     return {"item": item_id, "verbose": verbose}
 

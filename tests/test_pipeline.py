@@ -179,6 +179,13 @@ def test_defaults_casts_and_bodies(small: TestClient) -> None:
     assert small.get("/t/sync").json() == {"thread": "worker"}
 
 
+def test_an_api_key_in_the_query_reaches_security_raw(small: TestClient) -> None:
+    assert small.get("/t/keyed?key=k-1").json() == {"user": "k-1"}
+    assert small.get("/t/keyed?key=a&key=k-2").json() == {"user": "k-2"}  # the last one
+    assert small.get("/t/keyed?key=nope").status_code == 401
+    assert small.get("/t/keyed").status_code == 401
+
+
 def test_the_small_app_went_through_the_compiled_path() -> None:
     app = pipeline_app.build()
     with TestClient(app) as c:
