@@ -28,7 +28,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from backends.base import Backend, BackendError
-from cockpit_api import pipeline, problems
+from cockpit_api import problems
 from cockpit_api.auth import (
     AuthError,
     AuthService,
@@ -38,6 +38,7 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
+from cockpit_api.pipeline import middlewares as compiled_pipeline
 from cockpit_api.state import SCOPE_KEY, Services
 from cockpit_api.validators import validator_map
 
@@ -145,7 +146,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     # The compiled pipeline (cockpit_api/pipeline.py) serves every operation of both specs;
     # Connexion's own layers below it serve the rest (UI, specs, 404/405, HEAD).
     app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan,
-                             middlewares=pipeline.middlewares() if settings.compiled_pipeline
+                             middlewares=compiled_pipeline() if settings.compiled_pipeline
                              else None)
     app.add_api(
         SPEC,

@@ -15,7 +15,6 @@ from cockpit_api.config import ConfigError, Settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cockpit_api import pipeline
     from cockpit_api.app import create_app
 
     settings = Settings.load(
@@ -32,10 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
               f" control plane {base}/_sim/ui/", flush=True)
         users = ", ".join(f"{u.username}/{u.password} ({u.role})" for u in scenario.users)
         print(f"  demo users: {users}", flush=True)
-    # Everything built so far (spec, validators, scenario, compiled pipelines) lives as long
-    # as the process: take it out of the collector's reach, or full collections stall
-    # requests 30-160 ms. Connexion would build its stack on the first request; do it now.
-    pipeline.prepare(app)
+    # Everything built so far (spec, validators, scenario) lives as long as the process:
+    # take it out of the collector's reach, or full collections stall requests 30-160 ms.
+    from cockpit_api.pipeline import prepare
+    prepare(app)  # Connexion's stack and the compiled pipelines, now rather than at start-up
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,

@@ -75,10 +75,10 @@ class Settings:
     backend: str = "sim"
     host: str = "127.0.0.1"
     port: int = 8080
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
-    validate_responses: bool = False
     # Serve operations through cockpit_api/pipeline.py (off: Connexion's own per-request stack).
     compiled_pipeline: bool = True
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    validate_responses: bool = False
     jwt_secret: str | None = None
     jwt_issuer: str = "cockpit-api"
     jwt_audience: str = "cockpit-api"
