@@ -558,6 +558,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.plan = Plan.make(args.quick, args.smoke)
+        if args.rounds:
+            self.plan.rounds = self.plan.action_rounds = args.rounds
         self.pin = Pinning.choose(not args.no_pin)
         self.tmp = Path(tempfile.mkdtemp(prefix="cockpit-bench-"))
         self.wrk = Wrk(self.plan, self.pin, self.tmp)
@@ -656,8 +658,6 @@ class Bench:
                                 plan.action_rounds, self.say)
             rows[workload] = table
         self.results["operations"] = rows
-        if self.baseline is not None:
-            self.baseline.stop()
 
     def _workload(self, workload: str, server: Server, token: str) -> Target:
         hosts = get_json(f"{server.base}{PREFIX}/hosts", token)["hosts"]
@@ -734,7 +734,6 @@ class Bench:
         self.results["login"] = interleaved(
             self.wrk, {"login": Target(ours.base, None, "login", timeout="30s", server=ours)},
             0, plan.login_duration, 1, self.say)["login"]
-        ours.stop()
 
     # -- 3. start-up and memory
 
@@ -789,12 +788,21 @@ class Bench:
         self.say(f"bench ({self.results['mode']}): {self.pin.describe()}; "
                  f"wrk -t{self.plan.threads} -c{self.plan.connections}; tmp {self.tmp}")
         try:
+            phases = set(self.args.phases.split(","))
             ours = self.comparison()
-            self.operations(ours)
-            self.curves(ours)
-            self.login_rate(ours)
-            self.startup()
-            self.memory()
+            if "operations" in phases:
+                self.operations(ours)
+            if self.baseline is not None:
+                self.baseline.stop()
+            if "curves" in phases:
+                self.curves(ours)
+            if "login" in phases:
+                self.login_rate(ours)
+            ours.stop()
+            if "startup" in phases:
+                self.startup()
+            if "memory" in phases:
+                self.memory()
         except ServerFailed as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 2
@@ -1039,6 +1047,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", default=str(BENCH / "results"),
                         help="where the JSON and markdown land (default bench/results)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server logs)")
+    parser.add_argument("--phases", default="operations,curves,login,startup,memory",
+                        help="after the comparison (always): any of operations, curves, "
+                             "login, startup, memory (default: all)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="rounds per comparison and per workload (default 3; 1 quick)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
