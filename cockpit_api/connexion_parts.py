@@ -32,6 +32,10 @@ following stops holding:
   in 3.3), ``sanitized``/``pythonic``, ``CONTEXT_NAME``; ``AsyncResponseDecorator``
   turns a handler's return value into a Starlette response; sync handlers run in
   Starlette's thread pool as ``ASGIDecorator`` does.
+- **Loading.** ``RoutedAPI(specification, next_app=, **add_api options)`` loads an
+  API's operations through ``make_operation``; ``ConnexionRequest`` caches parsed
+  parameters in ``_path_params``/``_query_params``; ``SwaggerUIMiddleware.router`` holds
+  the UI's and the specs' routes.
 - **The stack.** ``ConnexionMiddleware.middlewares`` (classes or partials) and
   ``middleware_stack`` (outermost first, the wrapped app last, an ``AsyncASGIApp``
   for ``AsyncApp``), built by ``_build_middleware_stack()`` on the first call (which
@@ -87,11 +91,11 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope
 
 __all__ = [
-    "CONTEXT_NAME", "ROUTING_CONTEXT", "SWAGGER_UI", "AbstractOperation", "ArgumentPlan",
-    "AsyncASGIApp", "BodyCheck", "ConnexionRequest", "ReplacedLayers", "RoutedAPI", "Security",
-    "SpecMiddleware", "arguments", "build_stack", "compile_route", "get_route_path",
-    "handler_arguments", "invoke", "is_async_app", "response_validator", "sanitizer",
-    "set_context", "stack_below",
+    "CONTEXT_NAME", "ROUTING_CONTEXT", "AbstractOperation", "ArgumentPlan",
+    "AsyncASGIApp", "BodyCheck", "ConnexionRequest", "OperationLoader", "ReplacedLayers",
+    "Security", "SpecMiddleware", "arguments", "build_stack", "compile_route",
+    "get_route_path", "handler_arguments", "invoke", "is_async_app", "rebuild_request",
+    "response_validator", "sanitizer", "set_context", "stack_below", "swagger_paths",
 ]
 
 # The layers the compiled pipeline stands in for, in Connexion's order. Any other
@@ -100,7 +104,6 @@ ReplacedLayers: tuple[type, ...] = (
     SwaggerUIMiddleware, RoutingMiddleware, SecurityMiddleware, RequestValidationMiddleware,
     ResponseValidationMiddleware, LifespanMiddleware, ContextMiddleware,
 )
-SWAGGER_UI = SwaggerUIMiddleware
 
 
 def set_context(scope: Scope, receive: Receive, operation: AbstractOperation) -> None:
@@ -366,6 +369,49 @@ def stack_below(mw: t.Any, me: type) -> tuple[list[t.Any], t.Any] | None:
         return None
     stack = list(mw.middleware_stack)
     return classes[classes.index(me) + 1:], stack[-1]
+
+
+class OperationLoader(RoutedAPI[AbstractOperation]):
+    """One API's operations, loaded as Connexion's own middlewares load them (resolver,
+    ResolverError handling), in spec order; the add_api options the pipeline needs kept."""
+
+    OPTIONS = ("strict_validation", "validator_map", "security_map", "validate_responses",
+               "pythonic_params", "jsonifier")
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        self.options = {k: kwargs.pop(k, None) for k in self.OPTIONS}
+        self.ordered: list[AbstractOperation] = []
+        for unused in ("auth_all_paths", "resolver_error_handler", "swagger_ui_options",
+                       "arguments", "name", "resolver_error"):
+            kwargs.pop(unused, None)
+        super().__init__(*args, **kwargs)
+        self.add_paths()
+
+    def make_operation(self, operation: AbstractOperation) -> AbstractOperation:
+        self.ordered.append(operation)
+        return operation
+
+
+def rebuild_request(old: ConnexionRequest, scope: Scope, receive: Receive) -> ConnexionRequest:
+    """A request over the validated body (new scope/receive); parsed parameters kept."""
+    new = ConnexionRequest(scope, receive, uri_parser=old.uri_parser)
+    new._path_params = old._path_params
+    new._query_params = old._query_params
+    return new
+
+
+def swagger_paths(app: t.Any) -> list[str]:
+    """Concrete paths the Swagger UI layer ``app`` serves (it routes before Connexion's
+    router, so operations on these paths are left to it); a sample below each mount."""
+    paths: list[str] = []
+    if not isinstance(app, SwaggerUIMiddleware):
+        return paths
+    for mount in app.router.routes:
+        for route in getattr(getattr(mount, "app", None), "routes", None) or []:
+            p = getattr(route, "path", None)
+            if p is not None:
+                paths += [mount.path + p, mount.path + p + "/x"]
+    return paths
 
 
 def build_stack(mw: ConnexionMiddleware) -> None:

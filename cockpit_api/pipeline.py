@@ -93,20 +93,11 @@ class Pipeline:
         if checks.has_body:
             new_receive, new_scope = await checks.validate_body(scope, receive)
             if new_receive is not receive or new_scope is not scope:
-                request = self._rebuild(request, new_scope, new_receive)
+                request = cx.rebuild_request(request, new_scope, new_receive)
                 scope, receive = new_scope, new_receive
         scope[_REQUEST] = request
         cx.set_context(scope, receive, self.operation)
         await self.respond(scope, receive, send)
-
-    @staticmethod
-    def _rebuild(old: cx.ConnexionRequest, scope: Scope,
-                 receive: Receive) -> cx.ConnexionRequest:
-        """The request over the validated body; parameters already parsed are kept."""
-        new = cx.ConnexionRequest(scope, receive, uri_parser=old.uri_parser)
-        new._path_params = old._path_params
-        new._query_params = old._query_params
-        return new
 
     async def _crosscheck(self, request: cx.ConnexionRequest, kwargs: dict[str, t.Any]) -> None:
         # The body is already read and cached by Starlette: this does no I/O.
@@ -137,38 +128,19 @@ class _Table:
         self.patterns: list[tuple[t.Pattern[str], dict[str, t.Any], dict[str, Pipeline]]] = []
 
 
-class _CompiledAPI(cx.RoutedAPI[cx.AbstractOperation]):
-    """Connexion's per-API operation loading (resolver, ResolverError handling), kept."""
-
-    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
-        self.options = {k: kwargs.pop(k, None) for k in (
-            "strict_validation", "validator_map", "security_map", "validate_responses",
-            "pythonic_params", "jsonifier")}
-        self.ordered: list[cx.AbstractOperation] = []
-        for drop in ("auth_all_paths", "resolver_error_handler", "swagger_ui_options",
-                     "arguments", "name", "resolver_error"):
-            kwargs.pop(drop, None)
-        super().__init__(*args, **kwargs)
-        self.add_paths()
-
-    def make_operation(self, operation: cx.AbstractOperation) -> cx.AbstractOperation:
-        self.ordered.append(operation)
-        return operation
-
-
 class CompiledPipeline(cx.SpecMiddleware):
     """The middleware; see the module docstring."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.apis: list[_CompiledAPI] = []
+        self.apis: list[cx.OperationLoader] = []
         self.stats = Stats()
         # [(base path, [tables of the APIs on that base path, in order])], Connexion's order
         self._mounts: list[tuple[str, list[_Table]]] | None = None
         self.disabled_reason: str | None = None
 
     def add_api(self, specification: t.Any, **kwargs: t.Any) -> None:
-        self.apis.append(_CompiledAPI(specification, next_app=self.app, **kwargs))
+        self.apis.append(cx.OperationLoader(specification, next_app=self.app, **kwargs))
 
     # ---------------------------------------------------------------- building
 
@@ -191,7 +163,7 @@ class CompiledPipeline(cx.SpecMiddleware):
             raise RuntimeError(
                 f"middleware below the compiled pipeline would be bypassed: {names}. Add it "
                 "above (MiddlewarePosition.BEFORE_EXCEPTION, or before CompiledPipeline).")
-        swagger_paths = self._swagger_paths()
+        swagger_paths = cx.swagger_paths(self.app)
         for api in self.apis:
             base = api.base_path or ""
             if "{" in base:
@@ -222,19 +194,6 @@ class CompiledPipeline(cx.SpecMiddleware):
                     break
             else:
                 self._mounts.append((base, [table]))
-
-    def _swagger_paths(self) -> list[str]:
-        """Concrete paths the Swagger UI layer below serves (it comes before routing)."""
-        paths: list[str] = []
-        app: t.Any = self.app
-        if not isinstance(app, cx.SWAGGER_UI):
-            return paths
-        for mount in app.router.routes:
-            for route in getattr(getattr(mount, "app", None), "routes", []) or []:
-                p = getattr(route, "path", None)
-                if p is not None:
-                    paths += [mount.path + p, mount.path + p + "/x"]
-        return paths
 
     def find(self, path: str, method: str) -> tuple[Pipeline, dict[str, t.Any]] | None:
         assert self._mounts is not None

@@ -145,3 +145,17 @@ def test_async_app_invokes_through_the_decorators_we_replace() -> None:
     src = inspect.getsource(AsyncOperation)
     assert "StarletteDecorator" in src and "response(scope, receive, send)" in src
     assert isinstance(connexion.AsyncApp("x")._middleware_app, cx.AsyncASGIApp)
+
+
+def test_loading_and_the_swagger_ui_routes() -> None:
+    from tests import pipeline_app
+
+    app = pipeline_app.build()
+    compiled = pipeline.prepare(app)
+    assert compiled is not None and compiled.disabled_reason is None
+    (loader,) = compiled.apis
+    assert [op.operation_id for op in loader.ordered][:2] == [
+        "tests.pipeline_app.get_item", "tests.pipeline_app.special"]
+    assert loader.options["strict_validation"] is True
+    paths = cx.swagger_paths(compiled.app)
+    assert "/t/openapi.json" in paths and "/t/ui/" in paths, paths
