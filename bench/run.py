@@ -200,7 +200,10 @@ def _first_line(cmd: list[str]) -> str | None:
 
 
 def _commit() -> str | None:
-    """The checked-out commit, read from .git (no git process)."""
+    """The checked-out commit: ``git rev-parse``, else read from .git."""
+    out = _first_line(["git", "-C", str(ROOT), "rev-parse", "HEAD"])
+    if out and len(out) == 40:
+        return out
     git = ROOT / ".git"
     try:
         head = (git / "HEAD").read_text().strip()
