@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -207,9 +208,10 @@ class MetricSeries:
 class MetricsWindow:
     """A time window ``[start, end]`` sampled every ``step`` seconds (Unix seconds).
 
-    Build it with :meth:`of`, which never refuses a well-formed query: a missing
-    end is now, a missing start is an hour before the end, and a step too fine
-    for the window is widened so the answer holds at most ``MAX_POINTS`` points.
+    Build it with :meth:`of`: a missing end is now, a missing start is an hour
+    before the end, and a step too fine for the window is widened so the answer
+    holds at most ``MAX_POINTS`` points. A start after the end is refused
+    (``invalid_window``): an empty series would read as "no data".
     """
 
     start: int
@@ -223,6 +225,8 @@ class MetricsWindow:
     def of(cls, start: int | None, end: int | None, step: int | None, now: float) -> MetricsWindow:
         end = int(now) if end is None else end
         start = end - cls.DEFAULT_SPAN if start is None else start
+        if start > end:
+            raise InvalidArgument(f"start ({start}) is after end ({end})", code="invalid_window")
         step = max(1, step or 60)
         span = max(0, end - start)
         if span // step + 1 > cls.MAX_POINTS:
@@ -240,30 +244,47 @@ class MetricsWindow:
 T = TypeVar("T")
 
 
+CursorKind = Literal["hosts", "vms", "migrations"]
+
+# What a position looks like in each list (its sort key): a cursor that decodes to
+# anything else was not issued by this server for this list.
+_CURSOR_KEYS: dict[str, re.Pattern[str]] = {
+    "hosts": re.compile(r"[^\x00]+\x00[^\x00]+"),
+    "vms": re.compile(r"[^\x00]+\x00[^\x00]+"),
+    "migrations": re.compile(r"[0-9]{12}"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class PageRequest:
     limit: int = 100
     cursor: str | None = None
 
-    def after(self) -> str | None:
+    def after(self, kind: CursorKind) -> str | None:
         """The key the previous page ended at, decoded from the opaque cursor.
 
-        Decoding never fails: a cursor this server did not issue is read as some
-        position in the list, so a well-formed request is never refused for it.
+        A cursor names the list it came from: one that does not decode, or was
+        issued for another list (a /vms cursor on /hosts), is refused with
+        ``invalid_cursor`` rather than read as some position, which would answer
+        a silent empty page that reads as the end of the list.
         """
         if self.cursor is None:
             return None
-        text = self.cursor[: len(self.cursor) - (len(self.cursor) % 4 == 1)]
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            text = self.cursor + "=" * (-len(self.cursor) % 4)
+            raw = base64.urlsafe_b64decode(text.encode("ascii")).decode("utf-8")
         except (binascii.Error, ValueError):
-            return text
-        key = raw.decode("utf-8", errors="replace")
-        return key[2:] if key.startswith("k:") else key
+            raw = ""
+        prefix, _, key = raw.partition(":")
+        if prefix != kind or not _CURSOR_KEYS[kind].fullmatch(key):
+            raise InvalidArgument(f"the cursor was not issued for this list of {kind}: pass "
+                                  "the next_cursor of its previous page, or none",
+                                  code="invalid_cursor")
+        return key
 
 
-def encode_cursor(key: str) -> str:
-    return base64.urlsafe_b64encode(f"k:{key}".encode()).decode().rstrip("=")
+def encode_cursor(kind: CursorKind, key: str) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{key}".encode()).decode().rstrip("=")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from backends.base import (
     FINAL_MIGRATION_STATUSES,
+    CursorKind,
     Host,
     Migration,
     MigrationFilter,
@@ -64,6 +65,8 @@ def paginate(
     page: PageRequest,
     lookup: Callable[[str], T],
     keep: Callable[[T], bool] | None = None,
+    *,
+    kind: CursorKind,
 ) -> Page[T]:
     items: list[T] = []
     last_key: str | None = None
@@ -73,16 +76,43 @@ def paginate(
             continue
         if len(items) == page.limit:
             # One more match exists past this page.
-            return Page(items, encode_cursor(last_key) if last_key is not None else None)
+            return Page(items, encode_cursor(kind, last_key) if last_key is not None else None)
         items.append(item)
         last_key = key
     return Page(items, None)
 
 
+class InventoryObserver(Protocol):
+    """Told of every change, after it is made (the change feed, cockpit_api/feed.py).
+
+    Called synchronously from inside the backend's own update, so it must only
+    record what it is told: never call back into the backend.
+    """
+
+    def host_changed(self, host: Host) -> None: ...
+
+    def vm_changed(self, old: Vm | None, vm: Vm) -> None: ...
+
+    def vm_removed(self, vm: Vm) -> None: ...
+
+
+@runtime_checkable
+class ResetObserver(Protocol):
+    """An observer that can be told the whole state was replaced (a simulator reset)."""
+
+    def state_replaced(self) -> None: ...
+
+
 class Inventory:
-    """Hosts and VMs, indexed by sort key, host and status; owns sync cursors."""
+    """Hosts and VMs, indexed by sort key, host and status; owns sync cursors.
+
+    ``observer`` (one, or None) hears of every change made through the methods
+    below, once per call and with the final records: a VM change first, then
+    each host whose ``sync_cursor`` or ``vm_count`` it moved.
+    """
 
     def __init__(self) -> None:
+        self.observer: InventoryObserver | None = None
         self.hosts: dict[str, Host] = {}
         self.vms: dict[str, Vm] = {}
         self._host_keys = SortedKeys()
@@ -102,6 +132,8 @@ class Inventory:
             self._host_by_key[key] = host.id
             self._by_host.setdefault(host.id, SortedKeys())
         self.hosts[host.id] = host
+        if old != host:
+            self._hosts_changed(host.id)
 
     def get_host(self, host_id: str) -> Host:
         host = self.hosts.get(host_id)
@@ -111,23 +143,36 @@ class Inventory:
 
     def page_hosts(self, page: PageRequest) -> Page[Host]:
         return paginate(
-            self._host_keys.after(page.after()),
+            self._host_keys.after(page.after("hosts")),
             page,
             lambda key: self.get_host(self._host_by_key[key]),
+            kind="hosts",
         )
 
     def set_host_status(self, host_id: str, status: str, t: float) -> None:
         host = self.hosts[host_id]
         if host.status != status:
             self.hosts[host_id] = replace(host, status=status)  # type: ignore[arg-type]
-            self.bump(host_id, t)
+            self._bump(host_id, t)
+            self._hosts_changed(host_id)
 
     def bump(self, host_id: str, t: float) -> None:
         """Advance a host's sync cursor: at least +1, and at least the change's Unix second."""
+        self._bump(host_id, t)
+        self._hosts_changed(host_id)
+
+    def _bump(self, host_id: str, t: float) -> None:
         host = self.hosts.get(host_id)
         if host is not None:
             cursor = max(host.sync_cursor + 1, int(t))
             self.hosts[host_id] = replace(host, sync_cursor=cursor)
+
+    def _hosts_changed(self, *host_ids: str) -> None:
+        if self.observer is None:
+            return
+        for host_id in dict.fromkeys(host_ids):  # each once, in order
+            if host_id in self.hosts:
+                self.observer.host_changed(self.get_host(host_id))
 
     # ------------------------------------------------------------------- VMs
 
@@ -158,7 +203,7 @@ class Inventory:
             if old == vm:
                 return
             self._unindex(old)
-            self.bump(old.host_id, t)
+            self._bump(old.host_id, t)
             old_key = vm_sort_key(old.name, old.id)
             if old_key != key:  # renamed: its place in the ordering moves
                 self._vm_keys.discard(old_key)
@@ -171,7 +216,10 @@ class Inventory:
         self.vms[vm.id] = vm
         self._by_host.setdefault(vm.host_id, SortedKeys()).add(key)
         self._by_status.setdefault(vm.status, SortedKeys()).add(key)
-        self.bump(vm.host_id, t)
+        self._bump(vm.host_id, t)
+        if self.observer is not None:
+            self.observer.vm_changed(old, vm)
+            self._hosts_changed(*((old.host_id,) if old else ()), vm.host_id)
 
     def remove_vm(self, vm_id: str, t: float) -> None:
         vm = self.vms.pop(vm_id, None)
@@ -181,7 +229,10 @@ class Inventory:
         key = vm_sort_key(vm.name, vm.id)
         self._vm_keys.discard(key)
         del self._vm_by_key[key]
-        self.bump(vm.host_id, t)
+        self._bump(vm.host_id, t)
+        if self.observer is not None:
+            self.observer.vm_removed(vm)
+            self._hosts_changed(vm.host_id)
 
     def _unindex(self, vm: Vm) -> None:
         key = vm_sort_key(vm.name, vm.id)
@@ -189,7 +240,7 @@ class Inventory:
         self._by_status[vm.status].discard(key)
 
     def page_vms(self, page: PageRequest, flt: VmFilter) -> Page[Vm]:
-        after = page.after()
+        after = page.after("vms")
         keep: Callable[[Vm], bool] | None = None
         if flt.host_id is not None:
             if flt.host_id not in self.hosts:
@@ -209,7 +260,8 @@ class Inventory:
             keys = self._by_status.get(flt.status, SortedKeys())
         else:
             keys = self._vm_keys
-        return paginate(keys.after(after), page, lambda k: self.vms[self._vm_by_key[k]], keep)
+        return paginate(keys.after(after), page, lambda k: self.vms[self._vm_by_key[k]], keep,
+                        kind="vms")
 
 
 class _JobLike(Protocol):
@@ -223,21 +275,64 @@ class _JobLike(Protocol):
 J = TypeVar("J", bound=_JobLike)
 
 
-class JobTable(Generic[J]):
-    """Migration jobs by id, listed oldest first; finished ones are forgotten past a bound."""
+class JobObserver(Protocol):
+    def job_changed(self, job: Migration) -> None: ...
 
-    def __init__(self, retention: int = 10_000) -> None:
+
+def _own_snapshot(job: Any) -> Migration:
+    snapshot: Migration = job.snapshot()
+    return snapshot
+
+
+class JobTable(Generic[J]):
+    """Migration jobs by id, listed oldest first; finished ones are forgotten past a bound.
+
+    Jobs are the backends' own mutable records; ``snapshot`` turns one into the
+    API's :class:`Migration` (by default ``job.snapshot()``). ``observer`` hears
+    of a job when it is added and whenever a backend calls :meth:`changed`;
+    :meth:`active` lets it watch the progress of the jobs still running.
+    """
+
+    def __init__(self, retention: int = 10_000,
+                 snapshot: Callable[[J], Migration] = _own_snapshot) -> None:
         self.retention = retention
+        self.snapshot = snapshot
+        self.observer: JobObserver | None = None
         self._jobs: dict[str, J] = {}
         self._keys = SortedKeys()
         self._by_key: dict[str, str] = {}
+        self._active: dict[str, J] = {}
 
     def add(self, job: J, seq: int) -> None:
         key = f"{seq:012d}"
         self._jobs[job.id] = job
         self._keys.add(key)
         self._by_key[key] = job.id
+        self._active[job.id] = job
         self._trim()
+        self.changed(job)
+
+    def changed(self, job: J) -> None:
+        """A backend says a job moved (status, progress): tell the observer."""
+        if job.status in FINAL_MIGRATION_STATUSES:
+            self._active.pop(job.id, None)
+        if self.observer is not None:
+            self.observer.job_changed(self.snapshot(job))
+
+    def touch(self, job_id: str) -> None:
+        """:meth:`changed` by id (a VM's ``migration_id`` let go of it: it probably ended)."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            self.changed(job)
+
+    def active(self) -> list[Migration]:
+        """Snapshots of the jobs not known to be finished (finished ones drop out here)."""
+        out = []
+        for job in list(self._active.values()):
+            if job.status in FINAL_MIGRATION_STATUSES:
+                del self._active[job.id]
+            out.append(self.snapshot(job))
+        return out
 
     def get(self, job_id: str) -> J:
         job = self._jobs.get(job_id)
@@ -257,8 +352,8 @@ class JobTable(Generic[J]):
             return (flt.vm_id is None or m.vm_id == flt.vm_id) and (
                 flt.status is None or m.status == flt.status)
 
-        return paginate(self._keys.after(page.after()), page,
-                        lambda k: snapshot(self._jobs[self._by_key[k]]), keep)
+        return paginate(self._keys.after(page.after("migrations")), page,
+                        lambda k: snapshot(self._jobs[self._by_key[k]]), keep, kind="migrations")
 
     def _trim(self) -> None:
         if len(self._jobs) <= self.retention:

@@ -447,6 +447,8 @@ class LibvirtBackend:
         self._pool: ThreadPoolExecutor | None = None
         self._started = False
         self._closed = False
+        # (call, seconds, ok) after each call in a worker thread: the app's metrics set it.
+        self.call_observer: Callable[[str, float, bool], None] | None = None
         self.info = BackendInfo("libvirt", {
             "hosts": names, "libvirt_version": libvirt.getVersion(), "state_file": str(state_file),
         })
@@ -857,11 +859,14 @@ class LibvirtBackend:
                    timeout: float | None = None) -> T:
         """``fn(conn)`` in a worker thread, bounded, with libvirt errors translated."""
         limit = self._call_timeout if timeout is None else timeout
+        t0, ok = time.perf_counter(), False
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
             # races with the call's result, and a task then outlives close().
             async with asyncio.timeout(limit):
-                return await self._in_pool(functools.partial(fn, conn))
+                result = await self._in_pool(functools.partial(fn, conn))
+                ok = True
+                return result
         except TimeoutError:
             self._check_link_soon(h, conn)
             raise Unavailable(f"host {h.name} did not answer ({what}) within {limit:g} s",
@@ -869,6 +874,9 @@ class LibvirtBackend:
         except libvirt.libvirtError as exc:
             self._check_link_soon(h, conn)
             raise translate(exc) from None
+        finally:
+            if self.call_observer is not None:
+                self.call_observer(what, time.perf_counter() - t0, ok)
 
     async def _call(self, h: _Host, fn: Callable[[Any], T], what: str) -> T:
         self._require_connected(h)

@@ -47,7 +47,7 @@ from backends.base import (
     VmFilter,
     VmStatus,
 )
-from backends.inventory import Inventory, JobTable
+from backends.inventory import Inventory, JobTable, ResetObserver
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -212,7 +212,11 @@ class SimulatedBackend:
             self.info = BackendInfo("sim", {"scenario": scenario.name, "seed": scenario.seed})
         self.faults.clear()
         self.latency_ms = 0
-        self._s = self._build(self.scenario)
+        old, self._s = self._s, self._build(self.scenario)
+        # The change feed follows the new state; its clients must re-list everything.
+        self._s.inv.observer, self._s.jobs.observer = old.inv.observer, old.jobs.observer
+        if isinstance(old.inv.observer, ResetObserver):
+            old.inv.observer.state_replaced()
 
     def set_host_status(self, host_id: str, status: str) -> Host:
         self._settle()
@@ -246,6 +250,22 @@ class SimulatedBackend:
         self.clock.advance(seconds)
         self._settle()
         return self.now()
+
+    def settle(self) -> None:
+        """Apply what is due now: the change feed calls it while somebody listens."""
+        self._settle()
+
+    def next_due(self) -> float | None:
+        """The virtual time of the next scheduled event, if any."""
+        return self._s.events[0][0] if self._s.events else None
+
+    @property
+    def inventory(self) -> Inventory:
+        return self._s.inv
+
+    @property
+    def jobs(self) -> JobTable[Any]:
+        return self._s.jobs
 
     def summary(self) -> dict[str, Any]:
         self._settle()
@@ -462,7 +482,8 @@ class SimulatedBackend:
             guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
             members[v.host_id].add(v.id)
         inv.bulk_index()
-        return _State(inv, guests, host_history, members, JobTable(), [],
+        jobs: JobTable[_Job] = JobTable(snapshot=lambda job: job.snapshot(self.clock.now()))
+        return _State(inv, guests, host_history, members, jobs, [],
                       random.Random(sc.seed), itertools.count(1))
 
     def _settle(self) -> None:
@@ -503,23 +524,31 @@ class SimulatedBackend:
     def _put_vm(self, vm: Vm, t: float) -> Vm:
         old = self._s.inv.vms.get(vm.id)
         self._s.inv.put_vm(vm, t)
+        self._remember(old, vm, t)
+        return vm
+
+    def _remember(self, old: Vm | None, vm: Vm, t: float) -> None:
+        """The VM's state history (metrics are computed from it)."""
         if old is None or old.status != vm.status or old.host_id != vm.host_id:
             hist = self._s.guests[vm.id].history
             hist.append((t, vm.status, vm.host_id))
             if len(hist) > _HISTORY_LIMIT:
                 del hist[: len(hist) - _HISTORY_LIMIT]
             self._s.host_members.setdefault(vm.host_id, set()).add(vm.id)
-        return vm
 
     def _set_status(self, vm: Vm, status: VmStatus, t: float) -> Vm:
         self._s.guests[vm.id].epoch += 1
         return self._put_vm(replace(vm, status=status), t)
 
     def _power_off(self, vm: Vm, t: float) -> Vm:
-        off = self._set_status(vm, "shutoff", t)
-        if not vm.persistent:
-            # A transient domain has no definition to fall back to: it is gone.
-            self._s.inv.remove_vm(vm.id, t)
+        if vm.persistent:
+            return self._set_status(vm, "shutoff", t)
+        # A transient domain has no definition to fall back to: it is gone, in one change
+        # (libvirt reports no shut-off state in between, and neither does the feed).
+        self._s.guests[vm.id].epoch += 1
+        off = replace(vm, status="shutoff")
+        self._remember(vm, off, t)
+        self._s.inv.remove_vm(vm.id, t)
         return off
 
     def _schedule_shutdown(self, vm: Vm, t: float) -> None:
@@ -544,6 +573,7 @@ class SimulatedBackend:
             return
         job.status = "running"
         job.started_at = t
+        self._s.jobs.changed(job)
         duration = job.total_bytes / job.bandwidth
         if job.fail_fraction is not None:
             message = job.fail_message or "injected fault"
@@ -559,6 +589,7 @@ class SimulatedBackend:
         job.status = status
         job.finished_at = t
         job.error = error if status != "completed" else None
+        s.jobs.changed(job)
         vm = s.inv.vms.get(job.vm_id)
         if vm is None:
             return

@@ -9,7 +9,9 @@ simulator's control plane when the backend is the simulator.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import importlib.metadata
 import inspect
 import logging
 import secrets
@@ -27,8 +29,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from backends.base import Backend, BackendError
-from cockpit_api import problems
+from backends.base import Backend, BackendError, PageRequest
+from cockpit_api import logs, problems
+from cockpit_api.access import AccessMiddleware
 from cockpit_api.auth import (
     AuthError,
     AuthService,
@@ -38,8 +41,12 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
+from cockpit_api.feed import feed_of
+from cockpit_api.limits import BodyLimits, RequestLimits
 from cockpit_api.pipeline import middlewares as compiled_pipeline
+from cockpit_api.served_spec import RawSpecs
 from cockpit_api.state import SCOPE_KEY, Services
+from cockpit_api.telemetry import Metrics
 from cockpit_api.validators import validator_map
 
 log = logging.getLogger("cockpit_api")
@@ -47,6 +54,7 @@ log = logging.getLogger("cockpit_api")
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "openapi.yaml"
 CONTROL_SPEC = Path(__file__).resolve().parent / "control.yaml"
+OPS_SPEC = Path(__file__).resolve().parent / "ops.yaml"  # /healthz, /readyz, /metrics
 API_PREFIX = "/api/v1"
 CONTROL_PREFIX = "/_sim"
 
@@ -109,7 +117,7 @@ def _precompute_signatures() -> None:
     x-bearerInfoFunc for every request; inspect returns ``__signature__`` at once
     when a function carries one (about 10% of a request, bench/README.md).
     """
-    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control"):
+    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "ops", "events"):
         module = importlib.import_module(f"handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
@@ -133,41 +141,68 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                      settings.max_failures_per_address),
         clock=auth_clock,
     )
-    services = Services(backend, auth, settings)
+    services = Services(backend, auth, settings, Metrics(backend.info.kind, _version()))
+    services.ready_checks["backend"] = functools.partial(_backend_ready, services)
+    if hasattr(backend, "call_observer"):  # the libvirt backend times its calls through it
+        setattr(backend, "call_observer", services.metrics.observe_libvirt_call)  # noqa: B010
+
+    writer = logs.access_writer(settings.log_format) if settings.access_log else None
+    feed_of(backend)  # the change feed's history starts with the app
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         await backend.start()
+        services.started = True
         try:
             yield
         finally:
+            services.started = False
             await backend.close()
+            if writer is not None:
+                writer.flush()
 
-    # The compiled pipeline (cockpit_api/pipeline.py) serves every operation of both specs;
+    # The compiled pipeline (cockpit_api/pipeline.py) serves every operation of every spec;
     # Connexion's own layers below it serve the rest (UI, specs, 404/405, HEAD).
     app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan,
-                             middlewares=compiled_pipeline() if settings.compiled_pipeline
-                             else None)
+                             middlewares=compiled_pipeline(allow_below=(RawSpecs,))
+                             if settings.compiled_pipeline else None)
+    # Explicit base paths: Connexion orders its mounts by them before reading the specs'
+    # servers, and the ops API mounted at "" would otherwise shadow the others.
     app.add_api(
         SPEC,
+        base_path=API_PREFIX,
         strict_validation=True,
         validate_responses=settings.validate_responses,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
         pythonic_params=False,
         validator_map=validator_map(),
     )
+    specs = {API_PREFIX: SPEC}
     if backend.info.kind == "sim":
-        app.add_api(CONTROL_SPEC, strict_validation=True,
+        app.add_api(CONTROL_SPEC, base_path=CONTROL_PREFIX, strict_validation=True,
                     validate_responses=settings.validate_responses,
                     validator_map=validator_map())
+        specs[CONTROL_PREFIX] = CONTROL_SPEC
+    app.add_middleware(RawSpecs, position=MiddlewarePosition.BEFORE_SWAGGER, specs=specs)
+    app.add_api(OPS_SPEC, base_path="", strict_validation=True,
+                validate_responses=settings.validate_responses)
     _precompute_signatures()
     app.add_middleware(
         CORSMiddleware,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type"],
-        expose_headers=["Location", "Retry-After", "WWW-Authenticate"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-Id", "If-None-Match",
+                       "Last-Event-ID"],
+        expose_headers=["Location", "Retry-After", "WWW-Authenticate", "X-Request-Id", "ETag",
+                        "X-Feed-Position"],
+    )
+    # Added after CORS at the same position: inside it, so refusals carry CORS headers too.
+    app.add_middleware(
+        RequestLimits,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        limits=BodyLimits(settings.max_body_bytes, settings.max_json_depth,
+                          settings.body_timeout),
     )
     app.add_error_handler(BackendError, problems.on_backend_error)
     app.add_error_handler(AuthError, problems.on_auth_error)
@@ -175,4 +210,29 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_error_handler(HTTPException, problems.on_http_exception)
     app.add_error_handler(UnicodeDecodeError, problems.on_bad_encoding)
     app.add_error_handler(Exception, problems.on_unexpected)
-    return CockpitApp(app, services, sleep)
+    return CockpitApp(AccessMiddleware(app, services, access_log=writer), services, sleep)
+
+
+async def _backend_ready(services: Services) -> str | None:
+    """Started; with libvirt, at least one host connected (the simulator is always ready)."""
+    if not services.started:
+        return "the backend has not started"
+    if services.backend.info.kind != "libvirt":
+        return None
+    connected = total = 0
+    cursor: str | None = None
+    while True:
+        page = await services.backend.list_hosts(PageRequest(limit=1000, cursor=cursor))
+        total += len(page.items)
+        connected += sum(h.status == "connected" for h in page.items)
+        cursor = page.next_cursor
+        if connected or cursor is None:
+            break
+    return None if connected else f"no host is connected (0 of {total})"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cockpit-api")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

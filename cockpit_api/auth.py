@@ -234,6 +234,7 @@ class AuthService:
         claims = {
             "sub": user.username, "role": user.role, "iat": iat, "exp": iat + s.token_ttl,
             "jti": uuid.uuid4().hex, "iss": s.issuer, "aud": s.audience, "typ": "access",
+            "sid": family,  # the login session: long-lived streams end when it is logged out
         }
         token = jwt.encode(claims, s.secret, algorithm=ALGORITHM)
         refresh = secrets.token_urlsafe(32)
@@ -280,6 +281,11 @@ class AuthService:
         if claims["sub"] not in self.users:
             raise AuthError("the user no longer exists")
         return claims
+
+    def session_active(self, claims: dict[str, Any]) -> bool:
+        """False once the login session the token belongs to was logged out (or revoked)."""
+        sid = claims.get("sid")
+        return sid is None or sid in self._families
 
 
 def _digest(token: str) -> str:

@@ -3,53 +3,113 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import getpass
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
+from cockpit_api import logs
 from cockpit_api.config import ConfigError, Settings
+
+banner = logging.getLogger("cockpit_api.serve")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from cockpit_api.app import create_app
-
     settings = Settings.load(
         args.config, backend=args.backend, scenario=args.scenario, host=args.host,
         port=args.port, speed=args.speed, validate_responses=args.validate_responses or None,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, log_format=args.log_format,
+        access_log=args.access_log or None,
     )
+    # Before importing the app: its imports can warn, and warnings are log records too.
+    logs.configure(settings.log_format, args.log_level)
+    import uvicorn
+
+    from cockpit_api.app import create_app
+    from cockpit_api.protocol import HeadLimits, protocol_with
+
     app = create_app(settings)
-    base = f"http://{settings.host}:{settings.port}"
-    print(f"Cockpit API ({settings.backend} backend) on {base}/api/v1", flush=True)
-    print(f"  Swagger UI {base}/api/v1/ui/   spec {base}/api/v1/openapi.json", flush=True)
+    scheme = "https" if settings.tls_cert else "http"
+    base = f"{scheme}://{settings.host}:{settings.port}"
+    # In JSON mode the banner is log records too: every line on the output parses.
+    say = banner.info if settings.log_format == "json" else functools.partial(print, flush=True)
+    say(f"Cockpit API ({settings.backend} backend) on {base}/api/v1")
+    say(f"  Swagger UI {base}/api/v1/ui/   spec {base}/api/v1/openapi.json")
+    say(f"  health {base}/healthz   readiness {base}/readyz   metrics {base}/metrics")
     scenario = getattr(app.services.backend, "scenario", None)
     if scenario is not None:
-        print(f"  scenario {scenario.name!r}: {len(scenario.hosts)} hosts, {len(scenario.vms)} VMs;"
-              f" control plane {base}/_sim/ui/", flush=True)
+        say(f"  scenario {scenario.name!r}: {len(scenario.hosts)} hosts, {len(scenario.vms)} VMs;"
+            f" control plane {base}/_sim/ui/")
         users = ", ".join(f"{u.username}/{u.password} ({u.role})" for u in scenario.users)
-        print(f"  demo users: {users}", flush=True)
+        say(f"  demo users: {users}")
+    if not settings.tls_cert and settings.host not in ("127.0.0.1", "::1", "localhost"):
+        banner.warning("serving plain HTTP on %s: passwords and tokens cross the network in "
+                       "clear; use --tls-cert/--tls-key or a TLS proxy", settings.host)
     # Everything built so far (spec, validators, scenario) lives as long as the process:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
     from cockpit_api.pipeline import prepare
     prepare(app)  # Connexion's stack and the compiled pipelines, now rather than at start-up
     gc.collect()
     gc.freeze()
+    head_limits = HeadLimits(settings.max_header_bytes, settings.max_headers,
+                             settings.header_timeout, settings.keepalive_timeout)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
+    # uvicorn's access log is off: ours (cockpit_api/access.py) has the request id, the
+    # operation and the user, and leaves out the query string. log_config=None keeps the
+    # handlers logs.configure installed (with RedactSecrets, just above); uvicorn's
+    # loggers propagate to them.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log, lifespan="on", loop="uvloop", http="httptools")
+                log_config=None, access_log=False, lifespan="on", loop="uvloop",
+                http=protocol_with(head_limits), ssl_certfile=settings.tls_cert,
+                ssl_keyfile=settings.tls_key)
     return 0
+
+
+_SECRET_QUERY = re.compile(r"([?&](?:ticket|token|access_token|refresh_token|password)=)[^&\s\"']*",
+                           re.IGNORECASE)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+
+
+class RedactSecrets(logging.Filter):
+    """Blank tokens in log lines: a JWT anywhere, credential-like query values.
+
+    Bodies (passwords, refresh tokens) are never logged (cockpit_api/validators.py);
+    access tokens travel in headers, which uvicorn does not log, but a URL can carry
+    one (`?ticket=`) and uvicorn's access log and trace log print URLs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            # Its formatter reads the path from args[2]: redact it there.
+            record.args = tuple(_JWT.sub("***", _SECRET_QUERY.sub(r"\1***", a))
+                                if isinstance(a, str) else a for a in record.args)
+            return True
+        message = record.getMessage()
+        clean = _JWT.sub("***", _SECRET_QUERY.sub(r"\1***", message))
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
 
 
 def _hash_password(args: argparse.Namespace) -> int:
     from cockpit_api.auth import hash_password
 
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    if args.password_stdin or not sys.stdin.isatty():
+        # A pipe (`echo pw | cockpit-api hash-password`) is read like --password-stdin:
+        # getpass would find no terminal to prompt on.
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
+        try:
+            password = getpass.getpass("password: ")
+            again = getpass.getpass("again: ")
+        except EOFError:
+            print("no password given (pipe one in, or use --password-stdin)", file=sys.stderr)
+            return 2
+        if again != password:
             print("the passwords differ", file=sys.stderr)
             return 2
     if not password:
@@ -76,11 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--validate-responses", action="store_true",
                        help="check every answer against openapi.yaml (slower)")
     serve.add_argument("--log-level", default="info")
-    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--log-format", choices=logs.FORMATS, default=None,
+                       help="text (default) or json: one JSON object per line")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log every request (request id, operation, status, duration, user)")
+    serve.add_argument("--tls-cert", default=None,
+                       help="PEM certificate (chain): serve HTTPS; needs --tls-key")
+    serve.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
     serve.set_defaults(func=_serve)
 
     hp = sub.add_parser("hash-password", help="print a password hash for [[users]] in the config")
-    hp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    hp.add_argument("--password-stdin", action="store_true",
+                    help="read the password from stdin (implied when stdin is a pipe)")
     hp.set_defaults(func=_hash_password)
 
     from cockpit_api import conformance

@@ -8,11 +8,25 @@ Example ``cockpit.toml``::
     host = "127.0.0.1"
     port = 8080
     cors_origins = ["http://localhost:5173"]
+    tls_cert = "/etc/cockpit-api/tls.crt"   # PEM; with tls_key, serve HTTPS
+    tls_key = "/etc/cockpit-api/tls.key"
+    log_format = "json"            # or "text" (default)
+    access_log = true              # one line per request (default off)
+    metrics_token = "a long random string"   # /metrics then needs it as a bearer token
 
     [auth]
     jwt_secret = "at least 32 bytes of secret ......"
     token_ttl = 3600
     refresh_ttl = 604800
+
+    [limits]                       # hostile input (README "Limits")
+    max_body_bytes = 1048576       # larger bodies: 413, never read past this
+    max_json_depth = 32            # deeper JSON: 400 invalid_json
+    body_timeout = 30.0            # seconds to receive a whole body, else 408
+    max_header_bytes = 32768       # request line + headers; more: 431 (a URL: 414)
+    max_headers = 100              # more header fields: 431
+    header_timeout = 10.0          # seconds from a request's first byte to its last header
+    keepalive_timeout = 5.0        # an idle connection (new, or between requests) is closed
 
     [sim]
     scenario = "default"           # a name in scenarios/ or a file path
@@ -38,16 +52,28 @@ Example ``cockpit.toml``::
 
 Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
 ``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_JWT_SECRET``,
-``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``.
+``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``,
+``COCKPIT_TLS_CERT``, ``COCKPIT_TLS_KEY``, ``COCKPIT_LOG_FORMAT``,
+``COCKPIT_ACCESS_LOG`` (``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``),
+``COCKPIT_METRICS_TOKEN``, and one per
+``[limits]`` setting: ``COCKPIT_MAX_BODY_BYTES``, ``COCKPIT_MAX_JSON_DEPTH``,
+``COCKPIT_BODY_TIMEOUT``, ``COCKPIT_MAX_HEADER_BYTES``, ``COCKPIT_MAX_HEADERS``,
+``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``. The README's operator
+section has them all in one table.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+_INT_LIMITS = ("max_body_bytes", "max_json_depth", "max_header_bytes", "max_headers")
+_FLOAT_LIMITS = ("body_timeout", "header_timeout", "keepalive_timeout")
 
 
 class ConfigError(Exception):
@@ -79,6 +105,11 @@ class Settings:
     compiled_pipeline: bool = True
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     validate_responses: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_format: str = "text"  # or "json": one object per line (cockpit_api/logs.py)
+    access_log: bool = False
+    metrics_token: str | None = None  # None: /metrics is open (like most exporters)
     jwt_secret: str | None = None
     jwt_issuer: str = "cockpit-api"
     jwt_audience: str = "cockpit-api"
@@ -94,6 +125,13 @@ class Settings:
     sample_seconds: float = 10.0
     retention_seconds: int = 86400
     migration_bandwidth_mib: int = 0  # 0: unlimited
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    body_timeout: float = 30.0
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 5.0
     hosts: list[HostConfig] = field(default_factory=list)
     users: list[UserConfig] = field(default_factory=list)
 
@@ -118,7 +156,7 @@ class Settings:
 
     def _apply_toml(self, data: dict[str, Any]) -> None:
         flat: dict[str, Any] = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
-        for section in ("server", "auth", "sim", "libvirt"):
+        for section in ("server", "auth", "sim", "libvirt", "limits"):
             flat.update(data.get(section, {}))
         known = set(self.__dataclass_fields__) - {"hosts", "users"}
         for key, value in flat.items():
@@ -133,16 +171,22 @@ class Settings:
                               f"password_hash and role: {exc}") from None
 
     def _apply_env(self, env: Any) -> None:
-        for key, conv in (("backend", str), ("host", str), ("port", int), ("scenario", str),
-                          ("speed", float), ("jwt_secret", str), ("token_ttl", int),
-                          ("refresh_ttl", int), ("state_file", str)):
+        conversions: tuple[tuple[str, Callable[[str], Any]], ...] = (
+            ("backend", str), ("host", str), ("port", int), ("scenario", str),
+            ("speed", float), ("jwt_secret", str), ("token_ttl", int),
+            ("refresh_ttl", int), ("state_file", str), ("tls_cert", str),
+            ("tls_key", str), ("log_format", str), ("access_log", _boolean),
+            ("metrics_token", str),
+            *((name, int) for name in _INT_LIMITS),
+            *((name, float) for name in _FLOAT_LIMITS))
+        for key, conv in conversions:
             value = env.get(f"COCKPIT_{key.upper()}")
             if value is not None:
                 try:
                     setattr(self, key, conv(value))
                 except ValueError:
-                    raise ConfigError(
-                        f"COCKPIT_{key.upper()}={value!r} is not a {conv.__name__}") from None
+                    kind = "boolean" if conv is _boolean else getattr(conv, "__name__", "value")
+                    raise ConfigError(f"COCKPIT_{key.upper()}={value!r} is not a {kind}") from None
 
     def _check(self) -> None:
         if self.backend not in ("sim", "libvirt"):
@@ -152,3 +196,24 @@ class Settings:
                 raise ConfigError(f"user {u.username}: role is admin or viewer")
         if self.token_ttl <= 0 or self.refresh_ttl <= 0:
             raise ConfigError("token lifetimes must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both tls_cert and tls_key (PEM files), or neither")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format is 'text' or 'json', not {self.log_format!r}")
+        for name in (*_INT_LIMITS, *_FLOAT_LIMITS):
+            value = getattr(self, name)
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not 0 < value < math.inf):
+                raise ConfigError(f"{name} must be a positive number, not {value!r}")
+        if not 1 <= self.max_json_depth <= 1000:
+            # orjson, which checks bodies, stops at 1024 levels on its own.
+            raise ConfigError("max_json_depth must be between 1 and 1000")
+
+
+def _boolean(value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)

@@ -404,6 +404,10 @@ def swagger_paths(app: t.Any) -> list[str]:
     """Concrete paths the Swagger UI layer ``app`` serves (it routes before Connexion's
     router, so operations on these paths are left to it); a sample below each mount."""
     paths: list[str] = []
+    for _ in range(8):  # middlewares the app put between the pipeline and the UI layer
+        if isinstance(app, SwaggerUIMiddleware) or app is None:
+            break
+        app = getattr(app, "app", None)
     if not isinstance(app, SwaggerUIMiddleware):
         return paths
     for mount in app.router.routes:

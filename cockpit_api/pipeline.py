@@ -131,8 +131,11 @@ class _Table:
 class CompiledPipeline(cx.SpecMiddleware):
     """The middleware; see the module docstring."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allow_below: tuple[type, ...] = ()) -> None:
         self.app = app
+        # Middlewares the app places below this one that answer only paths no operation
+        # has (e.g. RawSpecs, the served specs): skipping them on operations is right.
+        self.allow_below = allow_below
         self.apis: list[cx.OperationLoader] = []
         self.stats = Stats()
         # [(base path, [tables of the APIs on that base path, in order])], Connexion's order
@@ -156,7 +159,7 @@ class CompiledPipeline(cx.SpecMiddleware):
             self.disabled_reason = f"the app is {type(inner).__name__}, not Connexion's AsyncApp"
             log.warning("compiled pipeline off: %s", self.disabled_reason)
             return
-        unknown = [m for m in layers if m not in cx.ReplacedLayers]
+        unknown = [m for m in layers if m not in cx.ReplacedLayers and m not in self.allow_below]
         if unknown:
             # They would be skipped on every compiled request: refuse to start instead.
             names = ", ".join(getattr(m, "__name__", repr(m)) for m in unknown)
@@ -237,13 +240,21 @@ class CompiledPipeline(cx.SpecMiddleware):
         await self.app(scope, receive, send)
 
 
-def middlewares() -> list[t.Any]:
-    """Connexion's default stack with the compiled pipeline right below the exceptions."""
+def middlewares(allow_below: tuple[type, ...] = ()) -> list[t.Any]:
+    """Connexion's default stack with the compiled pipeline right below the exceptions.
+
+    ``allow_below``: middlewares the app will add below it (``BEFORE_SWAGGER`` and lower)
+    that serve only non-operation paths; any other one there is refused at start-up.
+    """
+    import functools
+
     from connexion.middleware.exceptions import ExceptionMiddleware
     from connexion.middleware.main import ConnexionMiddleware
 
     stack = list(ConnexionMiddleware.default_middlewares)
-    stack.insert(stack.index(ExceptionMiddleware) + 1, CompiledPipeline)
+    me: t.Any = (functools.partial(CompiledPipeline, allow_below=allow_below) if allow_below
+                 else CompiledPipeline)
+    stack.insert(stack.index(ExceptionMiddleware) + 1, me)
     return stack
 
 

@@ -36,8 +36,9 @@ OPERATIONS = sum(1 for item in yaml.safe_load((ROOT / "openapi.yaml").read_text(
 # Authenticated operations that must have been answered 2xx at least once.
 MUST_SUCCEED = [("GET", "/api/v1/hosts"), ("GET", "/api/v1/vms/{id}"),
                 ("POST", "/api/v1/vms/{id}/action")]
-# uvicorn's access log: `... "GET /api/v1/hosts?limit=5 HTTP/1.1" 200 OK`
-ACCESS_LINE = re.compile(r'"([A-Z]+) (/\S*) HTTP/[0-9.]+" (\d{3})')
+# Our access log (cockpit_api/access.py, text format):
+# `INFO cockpit_api.access: GET /api/v1/hosts 200 1.2ms op=list_hosts user=admin rid=...`
+ACCESS_LINE = re.compile(r"cockpit_api\.access: ([A-Z]+) (/\S*) (\d{3}) ")
 UUID = re.compile(r"/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 

@@ -19,7 +19,8 @@ from openapi_spec_validator import validate
 
 from contract_tests.harness import ROOT, ST_CONFIG
 
-SPECS = [ROOT / "openapi.yaml", ROOT / "cockpit_api" / "control.yaml"]
+SPECS = [ROOT / "openapi.yaml", ROOT / "cockpit_api" / "control.yaml",
+         ROOT / "cockpit_api" / "ops.yaml"]
 BIN = ROOT / "node_modules" / ".bin"
 
 

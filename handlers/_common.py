@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from connexion import context
+from connexion import context, request
 from starlette.responses import Response
 
 from backends.base import Backend, Host, MetricSeries, Migration, Page, PageRequest, Vm
 from cockpit_api.auth import Forbidden
+from cockpit_api.feed import Feed, feed_of
 from cockpit_api.state import Services, services_of
 
 Json = dict[str, Any]
@@ -36,6 +39,40 @@ def services() -> Services:
 
 def backend() -> Backend:
     return services_of(context.scope).backend
+
+
+def feed() -> Feed:
+    return feed_of(services_of(context.scope).backend)
+
+
+def state_tag(f: Feed, jobs: Iterable[Migration] = ()) -> str:
+    """A strong ETag from the state's version: the feed's stream and last event.
+
+    Every change of a host or VM is an event, so the same tag means the same
+    answer. A running job's progress moves between events: its status and bytes
+    copied are part of the tag.
+    """
+    progress = [(m.id, m.status, m.progress.data_processed_bytes) for m in jobs]
+    tail = f"-{zlib.crc32(repr(progress).encode()):08x}" if progress else ""
+    return f'"{f.epoch}-{f.seq}{tail}"'
+
+
+def _matches(if_none_match: str, tag: str) -> bool:
+    if if_none_match.strip() == "*":
+        return True
+    # RFC 9110 13.1.2: If-None-Match compares weakly (a W/ prefix does not matter).
+    return any(t.strip().removeprefix("W/") == tag for t in if_none_match.split(","))
+
+
+def cached(build: Callable[[], Json], tag: str, position: str | None = None) -> Response:
+    """200 with ``ETag`` (and ``X-Feed-Position`` for lists), or 304 if the client has it."""
+    headers = {"ETag": tag}
+    if position is not None:
+        headers["X-Feed-Position"] = position
+    sent = request.headers.get("if-none-match")
+    if sent is not None and _matches(sent, tag):
+        return Response(status_code=304, headers=headers)
+    return ok(build(), headers=headers)
 
 
 def require_admin() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from connexion import request
+from connexion import context, request
 from starlette.responses import Response
 
 from cockpit_api.auth import TokenPair
-from handlers._common import Json, no_content, ok, services
+from handlers._common import Json, iso, no_content, ok, services
 
 
 def _pair(pair: TokenPair) -> Response:
@@ -28,3 +28,9 @@ async def refresh(body: Json) -> Response:
 async def logout(body: Json) -> Response:
     services().auth.logout(body["refresh_token"])
     return no_content()
+
+
+async def get_me() -> Response:
+    info = context.context.get("token_info") or {}
+    return ok({"username": info["sub"], "role": info["role"], "expires_at": iso(info["exp"])},
+              headers={"Cache-Control": "no-store"})

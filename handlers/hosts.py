@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from handlers._common import backend, host_json, ok, page_json, page_request
+from handlers._common import backend, cached, feed, host_json, page_json, page_request, state_tag
 
 
 async def list_hosts(limit: int = 100, cursor: str | None = None) -> Response:
     page = await backend().list_hosts(page_request(limit, cursor))
-    return ok(page_json("hosts", page, host_json))
+    f = feed()  # read after the list: the position covers what the list shows
+    return cached(lambda: page_json("hosts", page, host_json), state_tag(f), f.position())
 
 
 async def get_host(host_id: str) -> Response:
-    return ok(host_json(await backend().get_host(host_id)))
+    host = await backend().get_host(host_id)
+    return cached(lambda: host_json(host), state_tag(feed()))

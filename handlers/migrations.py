@@ -8,11 +8,14 @@ from backends.base import MigrationFilter, MigrationRequest
 from handlers._common import (
     Json,
     backend,
+    cached,
+    feed,
     migration_json,
     ok,
     page_json,
     page_request,
     require_admin,
+    state_tag,
 )
 
 
@@ -34,11 +37,14 @@ async def list_migrations(limit: int = 100, cursor: str | None = None, vm_id: st
                           status: str | None = None) -> Response:
     flt = MigrationFilter(vm_id=vm_id, status=status)  # type: ignore[arg-type]
     page = await backend().list_migrations(page_request(limit, cursor), flt)
-    return ok(page_json("migrations", page, migration_json))
+    f = feed()  # read after the list: the position covers what the list shows
+    return cached(lambda: page_json("migrations", page, migration_json),
+                  state_tag(f, page.items), f.position())
 
 
 async def get_migration(migration_id: str) -> Response:
-    return ok(migration_json(await backend().get_migration(migration_id)))
+    job = await backend().get_migration(migration_id)
+    return cached(lambda: migration_json(job), state_tag(feed(), [job]))
 
 
 async def cancel_migration(migration_id: str) -> Response:

@@ -5,19 +5,32 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from backends.base import VmFilter
-from handlers._common import Json, backend, ok, page_json, page_request, require_admin, vm_json
+from handlers._common import (
+    Json,
+    backend,
+    cached,
+    feed,
+    ok,
+    page_json,
+    page_request,
+    require_admin,
+    state_tag,
+    vm_json,
+)
 
 
 async def list_vms(limit: int = 100, cursor: str | None = None, host_id: str | None = None,
                    status: str | None = None) -> Response:
     flt = VmFilter(host_id=host_id, status=status)  # type: ignore[arg-type]
     page = await backend().list_vms(page_request(limit, cursor), flt)
-    return ok(page_json("vms", page, vm_json))
+    f = feed()  # read after the list: the position covers what the list shows
+    return cached(lambda: page_json("vms", page, vm_json), state_tag(f), f.position())
 
 
 # The reference names the path parameter `id`; Connexion passes it by that name.
 async def get_vm(id: str) -> Response:  # noqa: A002
-    return ok(vm_json(await backend().get_vm(id)))
+    vm = await backend().get_vm(id)
+    return cached(lambda: vm_json(vm), state_tag(feed()))
 
 
 async def vm_action(id: str, body: Json) -> Response:  # noqa: A002

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotently install everything the libvirt lab needs (Debian 12, run as root).
+# Idempotently install everything the libvirt lab and the browser tests need (Debian 12, root).
 #   - Debian packages: libvirtd + QEMU driver, qemu-system-x86, virsh, iproute2,
 #     libvirt headers + pkg-config (to build libvirt-python)
 #   - libvirt-python into $VENV (default: <repo>/.venv)
@@ -19,6 +19,8 @@ APT_PKGS=(
   util-linux
   # reaper.py (libvirtd subreaper)
   python3
+  # headless browser for the dashboard tests (tests/browser.py; Playwright drives it)
+  chromium
 )
 
 if [ "$(id -u)" -ne 0 ]; then

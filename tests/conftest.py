@@ -13,6 +13,9 @@ from cockpit_api import pipeline
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.config import Settings
 
+# Headless Chromium for any test that asks for `browser`, `context` or `page`.
+from tests.browser import browser, context, page  # noqa: F401
+
 # Every request of the suite goes through the compiled pipeline; this also checks each
 # one's handler arguments against Connexion's own get_arguments (cockpit_api/pipeline.py).
 pipeline.Pipeline.crosscheck = True

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -40,20 +40,24 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve_process(argv: list[str], port: int, timeout: float = 30.0) -> Iterator[Server]:
-    env = dict(os.environ, COCKPIT_JWT_SECRET="served-test-secret-of-at-least-32-bytes!")
+def serve_process(argv: list[str], port: int, timeout: float = 30.0, *, scheme: str = "http",
+                  verify: Any = True, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """``verify``: what httpx checks the server's certificate with (an SSLContext for TLS)."""
+    env = {**os.environ, "COCKPIT_JWT_SECRET": "served-test-secret-of-at-least-32-bytes!",
+           **(env or {})}
     # A file, not a pipe: a server that logs a lot must never block on a full pipe.
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             text=True)
-    server = Server(f"http://127.0.0.1:{port}", proc.pid, log)
+    server = Server(f"{scheme}://127.0.0.1:{port}", proc.pid, log)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.base}/api/v1/openapi.json", timeout=1).status_code == 200:
+                probe = httpx.get(f"{server.base}/api/v1/openapi.json", timeout=1, verify=verify)
+                if probe.status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server did not answer within {timeout} s:\n{server.log()}")

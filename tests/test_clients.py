@@ -93,18 +93,19 @@ def _reference_calls(models: Any, api: Any, base: str, token: str) -> None:
     assert isinstance(vms, models.VmList) and len(vms.vms) == 14
 
     started = vm_action.sync(OFF_VM, client=api, body=models.ActionRequest(
-        action=models.ActionRequestAction.START))
+        action=models.VmAction.START))
     assert isinstance(started, models.Vm) and started.status == models.VmStatus.RUNNING
     stopped = vm_action.sync(OFF_VM, client=api, body=models.ActionRequest(
-        action=models.ActionRequestAction.STOP, force=True))
+        action=models.VmAction.STOP, force=True))
     assert isinstance(stopped, models.Vm) and stopped.status == models.VmStatus.SHUTOFF
     conflict = vm_action.sync(OFF_VM, client=api, body=models.ActionRequest(
-        action=models.ActionRequestAction.STOP, force=True))
-    assert isinstance(conflict, models.Problem) and conflict.code == "vm_not_running"
+        action=models.VmAction.STOP, force=True))
+    assert isinstance(conflict, models.Problem)
+    assert conflict.code == models.ProblemCode.VM_NOT_RUNNING
 
     accepted = migrate_vm.sync(RUNNING_VM, client=api, body=models.MigrateRequest(
         destination_host_id=DEST, live=True, persistent=True, undefine_source=True,
-        copy_storage=models.MigrateRequestCopyStorage.NONE))
+        copy_storage=models.CopyStorage.NONE))
     assert isinstance(accepted, models.MigrationAccepted)
     assert accepted.status == models.MigrationAcceptedStatus.INITIATED
 

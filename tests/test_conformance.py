@@ -17,7 +17,8 @@ import pytest
 from tests.serving import ROOT, free_port, serve_process
 
 ALLOWED = "d13c513a-42f8-4da1-97b1-165f0971b7c4"  # web-frontend-01
-WRITE = re.compile(r'"POST /api/v1/(vms/[^/ ]+/(action|migrate)|migrations/[^/ ]+/cancel)')
+# Our access log's lines (cockpit_api/access.py): `INFO cockpit_api.access: POST /api/v1/...`
+WRITE = re.compile(r"access: POST /api/v1/(vms/[^/ ]+/(action|migrate)|migrations/[^/ ]+/cancel)")
 
 
 def _conformance(base: str, *extra: str, examples: int = 8) -> subprocess.CompletedProcess[str]:
@@ -43,7 +44,7 @@ def test_read_only_run_passes_and_sends_no_write(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "read-only run" in proc.stdout and "no failures" in proc.stdout
     assert junit.exists() and "<testsuite" in junit.read_text()
-    assert '"GET /api/v1/vms' in log  # the log does record the run's requests
+    assert "access: GET /api/v1/vms" in log  # the log does record the run's requests
     assert not WRITE.findall(log), WRITE.findall(log)[:5]
 
 
@@ -54,7 +55,7 @@ def test_write_run_touches_only_the_named_vms() -> None:
                             "--phases", "examples,fuzzing,stateful")
         log = server.log()
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    paths = re.findall(r'"POST /api/v1/vms/([^/ ]+)/(?:action|migrate)', log)
+    paths = re.findall(r"access: POST /api/v1/vms/([^/ ]+)/(?:action|migrate)", log)
     assert paths, "no action or migration was sent"
     assert set(paths) == {ALLOWED}
 

@@ -159,3 +159,23 @@ def test_loading_and_the_swagger_ui_routes() -> None:
     assert loader.options["strict_validation"] is True
     paths = cx.swagger_paths(compiled.app)
     assert "/t/openapi.json" in paths and "/t/ui/" in paths, paths
+
+
+def test_connexion_still_duplicates_path_level_parameters() -> None:
+    """OpenAPIOperation extends the spec's own parameter list with the path item's, once
+    per loading (validators.CachedParameterValidator checks each parameter once because
+    of it). When this fails, Connexion fixed it: the de-duplication can go."""
+    from connexion.spec import Specification
+
+    spec = Specification.load({
+        "openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+        "paths": {"/x/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "get": {"operationId": "tests.pipeline_app.special", "parameters": [],
+                    "responses": {"200": {"description": "ok"}}}}}})
+    from connexion.resolver import Resolver
+
+    ops = [spec.operation_cls.from_spec(spec, path="/x/{id}", method="get",
+                                        resolver=Resolver()) for _ in range(3)]
+    assert len(ops[-1].parameters) == 3

@@ -6,7 +6,8 @@ driver, both holding the same cluster (tests/libvirt_support.py builds the
 simulator's scenario from the test driver's XML, with the same ids), and
 compares the normalized answers after each step: the error (status and code)
 or the VM returned, then every VM's status, host and persistence, and every
-host's status.
+host's status, and the change feed's events of the step (cockpit_api/feed.py):
+the same event types for the same resources, with the same resulting states.
 
 Normalization, and why:
 - a graceful stop is acted on at once by the test driver and after the guest's
@@ -27,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -35,6 +37,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from backends import scenario
 from backends.base import Backend, BackendError, PageRequest, VmFilter
 from backends.sim import SimulatedBackend, VirtualClock
+from cockpit_api.feed import Event, feed_of
 from tests.conftest import T0
 from tests.libvirt_support import (
     HOST_IDS,
@@ -63,6 +66,28 @@ def _outcome(fn: Any) -> tuple[str, Any]:
     return ("ok", (vm.status, vm.host_id, vm.persistent))
 
 
+def feed_view(events: list[Event]) -> list[tuple[str, str, Any]]:
+    """One step's events as (type, resource id, what both backends must agree on).
+
+    Coalesced to each resource's last event, in the order of those last events:
+    libvirt may report a state on the way (a crashed domain is destroyed, so reads
+    shut off, before it starts again) that the simulator goes through at once.
+    """
+    last: dict[tuple[str, str], tuple[str, str, Any]] = {}
+    for e in events:
+        d = orjson.loads(e.data)
+        if e.type == "vm":
+            view = (e.type, d["id"], (d["name"], d["status"], d["host_id"], d["persistent"]))
+        elif e.type == "host":
+            view = (e.type, d["id"], (d["status"], d["vm_count"]))
+        else:
+            view = (e.type, d.get("id", ""), None)
+        key = ("host" if e.type == "host" else "vm", view[1])
+        last.pop(key, None)
+        last[key] = view
+    return list(last.values())
+
+
 class SimVersusLibvirt(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -72,6 +97,9 @@ class SimVersusLibvirt(RuleBasedStateMachine):
         self.lv = make_backend(self.tmp)
         self.runner.run(self.lv.start())
         self.lost = False
+        # The feeds, from here on (the libvirt backend's start-up listing is not compared).
+        self.feeds = (feed_of(self.sim), feed_of(self.lv))
+        self.seen = [f.seq for f in self.feeds]
 
     def teardown(self) -> None:
         self.runner.run(self.lv.close())
@@ -129,6 +157,15 @@ class SimVersusLibvirt(RuleBasedStateMachine):
 
         self.runner.run(eventually(connected, timeout=10))
         self.lost = False
+
+    @invariant()
+    def same_feed(self) -> None:
+        got = []
+        for i, feed in enumerate(self.feeds):
+            new = feed.after(self.seen[i]) or []
+            self.seen[i] = feed.seq
+            got.append(feed_view(new))
+        assert got[0] == got[1], f"feeds differ: sim {got[0]} != libvirt {got[1]}"
 
     @invariant()
     def same_cluster(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 from backends import scenario
 from backends.base import (
     Conflict,
+    InvalidArgument,
     MetricsWindow,
     MigrationFilter,
     MigrationRequest,
@@ -336,10 +337,14 @@ def test_filter_by_unknown_host_is_not_found(sim: SimulatedBackend) -> None:
         run(sim.list_vms(PageRequest(), VmFilter(host_id="019e0014-0000-7057-b326-0000000000ff")))
 
 
-def test_a_foreign_cursor_is_read_not_refused(sim: SimulatedBackend) -> None:
-    page = run(sim.list_vms(PageRequest(100, "zzzz"), VmFilter()))
-    assert page.next_cursor is None  # 'zzzz' decodes past every name: an empty last page
-    assert page.items == []
+def test_a_foreign_cursor_is_refused(sim: SimulatedBackend) -> None:
+    # Read as a position, 'zzzz' would answer an empty last page: "end of list", silently.
+    with pytest.raises(InvalidArgument) as refused:
+        run(sim.list_vms(PageRequest(100, "zzzz"), VmFilter()))
+    assert refused.value.code == "invalid_cursor"
+    vms_cursor = run(sim.list_vms(PageRequest(1), VmFilter())).next_cursor
+    with pytest.raises(InvalidArgument):
+        run(sim.list_hosts(PageRequest(1, vms_cursor)))
 
 
 # ---------------------------------------------------------------- metrics

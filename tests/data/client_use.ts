@@ -12,7 +12,7 @@ type MigrateBody = components["schemas"]["MigrateRequest"];
 type MigrationAccepted = components["schemas"]["MigrationAccepted"];
 type Problem = components["schemas"]["Problem"];
 
-const login: LoginBody = { username: "admin", password: "yourpassword" };
+const login: LoginBody = { username: "admin", password: "admin" };
 
 function useTokens(t: TokenPair): string {
   const seconds: number = t.expires_in;
@@ -53,7 +53,19 @@ function problemLine(p: Problem): string {
   return `${p.status} ${p.code}: ${p.detail}`;
 }
 
+// Named enums and the validation errors member.
+const action: components["schemas"]["VmAction"] = "restart";
+const copy: components["schemas"]["CopyStorage"] = "all";
+function fieldErrors(p: Problem): string {
+  const code: components["schemas"]["ProblemCode"] = p.code;
+  const first: string = (p.errors ?? []).map((e) => `${e.pointer}: ${e.detail}`).join("; ");
+  return code === "invalid_cursor" ? "restart the listing" : first;
+}
+
 type ListVmsQuery = NonNullable<Json<"/vms", "get">["parameters"]["query"]>;
 const query: ListVmsQuery = { limit: 100, status: "running" };
 
-export { login, useTokens, firstHost, start, forceStop, migrate, accepted, vmLine, problemLine, query };
+export {
+  login, useTokens, firstHost, start, forceStop, migrate, accepted, vmLine, problemLine, query,
+  action, copy, fieldErrors,
+};

@@ -1,0 +1,40 @@
+"""ops: liveness, readiness and Prometheus metrics (cockpit_api/ops.yaml), outside /api/v1."""
+
+from __future__ import annotations
+
+import hmac
+
+from connexion import request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from backends.base import Unavailable
+from cockpit_api.auth import AuthError
+from handlers._common import ok, services
+
+
+async def healthz() -> Response:
+    return ok({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+async def readyz() -> Response:
+    checks = services().ready_checks
+    results = {name: await check() for name, check in checks.items()}
+    failing = {name: why for name, why in results.items() if why is not None}
+    if failing:
+        detail = "; ".join(f"{name}: {why}" for name, why in failing.items())
+        raise Unavailable(detail, code="not_ready", retry_after=5)
+    return ok({"status": "ready", "checks": dict.fromkeys(results, "ok")},
+              headers={"Cache-Control": "no-store"})
+
+
+async def prometheus_metrics() -> Response:
+    svc = services()
+    token = svc.settings.metrics_token
+    if token:
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise AuthError("this server's metrics need its metrics token as a bearer token")
+    await svc.metrics.refresh(svc.backend)
+    return Response(generate_latest(svc.metrics.registry), 200,
+                    {"Cache-Control": "no-store"}, media_type=CONTENT_TYPE_LATEST)
