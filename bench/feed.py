@@ -41,6 +41,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from array import array
@@ -92,6 +93,14 @@ def http(method: str, url: str, body: Any = None, token: str | None = None
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def runqueue_seconds(pid: int) -> float:
+    """Time the server's main thread spent runnable but waiting for a CPU (a busy machine)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def rss_kib(pid: int) -> int:
@@ -207,8 +216,10 @@ async def run_clients(args: argparse.Namespace, port: int, token: str, pid: int
     driver.start()
     await asyncio.sleep(max(0.0, start_at + args.warmup - time.time()))
     cpu0, wall0, me0 = cpu_seconds(pid), time.monotonic(), time.process_time()
+    wait0 = runqueue_seconds(pid)
     await asyncio.sleep(args.duration)
     cpu1, wall1, me1 = cpu_seconds(pid), time.monotonic(), time.process_time()
+    wait1 = runqueue_seconds(pid)
     sent, answered = await asyncio.to_thread(queue.get, True, 600)
     driver.join(30)
     await asyncio.sleep(1.0)  # the last events on their way
@@ -251,6 +262,7 @@ async def run_clients(args: argparse.Namespace, port: int, token: str, pid: int
                        "max": round(max(lat), 2) if lat else None,
                        "mean": round(statistics.fmean(lat), 2) if lat else None},
         "server_cpu_percent": round(100 * (cpu1 - cpu0) / window, 1),
+        "server_runqueue_wait_percent": round(100 * (wait1 - wait0) / window, 1),
         "client_cpu_percent": round(100 * (me1 - me0) / window, 1),
         "rss_kib": {"no_subscribers": rss0, "idle_subscribers": rss1},
         "rss_per_idle_subscriber_kib": round((rss1 - rss0) / args.subscribers, 1),
@@ -373,7 +385,7 @@ def main() -> int:
     server_pin, client_pin = ([], []) if args.no_pin else pinning()
     port = free_port()
     env = dict(os.environ, COCKPIT_JWT_SECRET=SECRET)
-    log = open(BENCH / "results" / ".feed-server.log", "w")  # noqa: SIM115 - closed below
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed below; a file, never a full pipe
     server = subprocess.Popen(
         [*server_pin, sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port),
          "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -390,7 +402,7 @@ def main() -> int:
                 time.sleep(0.1)  # polling a starting process, bounded by the deadline
         _, _, pair = http("POST", f"http://127.0.0.1:{port}/api/v1/auth/login",
                           {"username": "admin", "password": "admin"})
-        out = BENCH / "results" / ".feed-client.json"
+        out = Path(tempfile.mkdtemp(prefix="cockpit-feed-")) / "client.json"
         subprocess.run([*client_pin, sys.executable, __file__, "--subscribers",
                         str(args.subscribers), "--interval", str(args.interval), "--duration",
                         str(args.duration), "--warmup", str(args.warmup),
@@ -433,6 +445,8 @@ def render(r: dict[str, Any]) -> str:
         f"{r['changes_scheduled']} |",
         f"| deliveries measured (missing) | {r['deliveries']:,} ({r['missing']}) |",
         f"| server CPU (% of one core) | {r['server_cpu_percent']} |",
+        f"| server runnable but waiting for a CPU (% of the time) | "
+        f"{r['server_runqueue_wait_percent']} |",
         f"| client CPU (% of one core) | {r['client_cpu_percent']} |",
         f"| server RSS: none / {r['subscribers']} idle subscribers (KiB) | "
         f"{r['rss_kib']['no_subscribers']:,} / {r['rss_kib']['idle_subscribers']:,} |",

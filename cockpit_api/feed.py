@@ -43,9 +43,12 @@ log = logging.getLogger("cockpit_api.feed")
 HISTORY = 10_000
 PROGRESS_SECONDS = 0.5
 HEARTBEAT_SECONDS = 15.0
-# Subscribers are woken at most this often (a burst is sent in batches): 1,000
-# subscribers woken for every change of a burst would cost more than the changes.
+# Under a burst, subscribers are woken at most every (their number x the cost of
+# waking one), within these bounds: waking 1,000 subscribers for every change of a
+# burst would cost more than a core (bench/feed.py: ~13-25 us per subscriber).
 FLUSH_SECONDS = 0.02
+_WAKE_COST = 20e-6
+_MIN_FLUSH = 0.001
 TICKET_SECONDS = 30
 EVENT_TYPES = ("host", "vm", "vm_removed", "migration", "reset")
 _MAX_TICKETS = 10_000
@@ -225,7 +228,8 @@ class Feed:
         self._notify()
 
     def _notify(self) -> None:
-        """Wake the subscribers: at once, or at most once per ``flush_seconds`` under load.
+        """Wake the subscribers: at once, or at most once per ``flush_seconds`` under load
+        (less with fewer subscribers).
 
         Each wake-up costs every subscriber a turn, whatever it carries: a burst of
         changes is delivered in batches instead (a lone change goes out at once).
@@ -240,7 +244,8 @@ class Feed:
             return
         if self._flush is not None:
             return  # already due
-        wait = self._last_flush + self.flush_seconds - loop.time()
+        pace = min(self.flush_seconds, max(_MIN_FLUSH, self._subscribers * _WAKE_COST))
+        wait = self._last_flush + pace - loop.time()
         if wait <= 0:
             self._flush_now()
         else:
