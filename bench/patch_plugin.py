@@ -1,11 +1,11 @@
 """A pytest plugin: run the project's own tests with bench/variants.py patches applied.
 
-    BENCH_PATCHES=signatures,validator-cache,decorate-once \
-        PYTHONPATH=bench .venv/bin/pytest -p patch_plugin tests/test_api.py contract_tests -q
+    BENCH_PATCHES=page-cache \
+        PYTHONPATH=.:bench .venv/bin/pytest -p patch_plugin tests/test_api.py contract_tests -q
 
 Evidence that a recommended change keeps the contract (strict validation,
 security, problem+json, answers): the suite that guards the server passes with
-it. ``orjson`` needs orjson on PYTHONPATH (see bench/README.md).
+it.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@
 Serves ``cockpit-api serve`` (default settings) on a free loopback port,
 pinned to the first CPU; wrk (-t2 -c32, pinned to the second) runs for the
 warm-up plus the two recordings; py-spy records the server's Python stacks
-(``--format raw``: collapsed stacks; then a flame graph SVG). Idle samples
-(the event loop waiting in epoll) are not recorded, so percentages are of the
-server's busy CPU time.
+(``--format raw``: collapsed stacks; then a flame graph SVG), only the thread
+holding the GIL (``--gil``). Idle samples (the event loop waiting in epoll, idle
+thread-pool workers) are not recorded, so percentages are of the server's busy
+CPU time.
 
 Each sample is attributed to the innermost *layer* on its stack (rules below):
 a frame in a neutral helper (inspect, functools, copy, re, urllib, starlette's
@@ -44,16 +45,19 @@ LAYERS: list[tuple[str, str]] = [
     ("middleware plumbing: ServerError, CORS, exceptions, lifespan, context",
      r"connexion/middleware/(main|server_error|exceptions|lifespan|abstract|context)\.py"
      r"|connexion/apps/abstract\.py|starlette/middleware/|starlette/_exception_handler\.py"),
+    ("compiled pipeline: route table, argument plan, glue (cockpit_api/pipeline.py, "
+     "connexion_parts.py)", r"cockpit_api/(pipeline|connexion_parts)\.py"),
     ("routing: Swagger UI router, RoutingMiddleware, starlette Router",
      r"connexion/middleware/(swagger_ui|routing)\.py|starlette/routing\.py"),
-    ("security: Connexion SecurityMiddleware", r"connexion/(middleware/)?security\.py"),
+    ("security: Connexion's check (security.py)", r"connexion/(middleware/)?security\.py"),
     ("security: our bearer_info + pyjwt", r"cockpit_api/auth\.py|\bjwt/"),
     ("request validation: Connexion validators + jsonschema",
-     r"connexion/validators/|connexion/middleware/request_validation\.py|jsonschema|referencing/"
-     r"|rpds|attr/_make"),
-    ("Connexion handler invocation: per-request decoration, parameters, response",
-     r"connexion/(decorators/|apps/asynchronous|lifecycle|uri_parsing|frameworks/|context\.py)"
-     r"|werkzeug/"),
+     r"connexion/validators/|connexion/middleware/(request|response)_validation\.py|jsonschema"
+     r"|referencing/|rpds|attr/_make"),
+    ("Connexion request object + parameter parsing (lifecycle, uri_parsing, starlette Request)",
+     r"connexion/(lifecycle|uri_parsing|context\.py)|starlette/requests\.py|werkzeug/"),
+    ("Connexion handler invocation: decorators, response conversion",
+     r"connexion/(decorators/|apps/asynchronous|frameworks/)"),
     ("our handler + backend (handlers/, backends/)", r"handlers/|backends/"),
     ("JSON serialisation (json.dumps in handlers._common.ok)", r"json/"),
     ("starlette Response object", r"starlette/responses\.py"),
@@ -68,6 +72,12 @@ WATCH: list[tuple[str, str]] = [
     ("copy.deepcopy (parameter schemas, headers)", r"^deepcopy \(copy\.py\)"),
     ("jsonschema validator construction", r"Validator\.__attrs_post_init__|^__init__ \(<attrs"),
     ("jsonschema validate()", r"create\.<locals>\.Validator\.(validate|iter_errors)"),
+    ("compiled pipeline: one operation (Pipeline.__call__, inclusive)",
+     r"^Pipeline\.__call__ \(cockpit_api/pipeline\.py\)"),
+    ("argument plan (ArgumentPlan.__call__)", r"^ArgumentPlan\.__call__"),
+    ("ConnexionRequest + starlette Request construction", r"^(ConnexionRequest|Request)\.__init__"),
+    ("query string parsing (QueryParams + URI parser)",
+     r"^QueryParams\.__init__|^OpenAPIURIParser\.resolve_query|^AbstractURIParser\.resolve_query"),
     ("handlers.vms.list_vms", r"^list_vms \(handlers/vms\.py\)"),
     ("backend.list_vms (settle + page)", r"list_vms \(backends/"),
     ("handlers._common.ok (json.dumps + Response)", r"^ok \(handlers/_common\.py\)"),
@@ -135,7 +145,8 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def record(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    pyspy = (args.py_spy or shutil.which("py-spy")
+             or str(Path(sys.executable).parent / "py-spy"))
     if not Path(pyspy).exists():
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
     out = Path(args.results_dir)
@@ -184,6 +195,9 @@ def record(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
             for fmt, path in (("raw", raw), ("flamegraph", svg)):
                 subprocess.run([*pin.client, pyspy, "record", "--pid", str(server.pid),
                                 "--rate", str(args.rate), "--duration", str(args.duration),
+                                # only the thread holding the GIL: the idle thread-pool
+                                # workers (scrypt runs there) would count as busy otherwise
+                                "--gil",
                                 "--format", fmt, "-o", str(path)],
                                check=True, timeout=args.duration + 60,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -214,8 +228,10 @@ def main() -> int:
     parser.add_argument("--results-dir", default=str(harness.BENCH / "results"))
     parser.add_argument("--analyse", default=None, help="only analyse this raw file")
     parser.add_argument("--patches", default="",
-                        help="bench/variants.py patches to apply first, e.g. signatures,gc-freeze")
-    parser.add_argument("--pydeps", default=None, help="extra PYTHONPATH (orjson) for --patches")
+                        help="bench/variants.py patches to apply first, e.g. connexion-stack")
+    parser.add_argument("--pydeps", default=None, help="extra PYTHONPATH for --patches")
+    parser.add_argument("--py-spy", default=None,
+                        help="the py-spy binary (default: on PATH or next to python)")
     args = parser.parse_args()
     if args.analyse:
         raw, meta = Path(args.analyse), {"what": args.analyse, "rate": args.rate,

@@ -79,7 +79,11 @@ class Plan:
     startup_runs: int = 5
 
     @classmethod
-    def make(cls, quick: bool) -> Plan:
+    def make(cls, quick: bool, smoke: bool = False) -> Plan:
+        if smoke:  # the test suite's: every phase once, as short as wrk allows
+            return cls(quick=True, warmup=0, duration=1, rounds=1, curve_warmup=0,
+                       curve_duration=1, curve_rounds=1, sizes=(20,), login_duration=1,
+                       action_duration=1, action_rounds=1, startup_runs=1)
         if not quick:
             return cls(quick=False)
         return cls(quick=True, warmup=1, duration=2, rounds=1, curve_warmup=1, curve_duration=1,
@@ -196,7 +200,10 @@ def _first_line(cmd: list[str]) -> str | None:
 
 
 def _commit() -> str | None:
-    """The checked-out commit, read from .git (no git process)."""
+    """The checked-out commit: ``git rev-parse``, else read from .git."""
+    out = _first_line(["git", "-C", str(ROOT), "rev-parse", "HEAD"])
+    if out and len(out) == 40:
+        return out
     git = ROOT / ".git"
     try:
         head = (git / "HEAD").read_text().strip()
@@ -349,13 +356,24 @@ def stop_all() -> None:
         server.stop()
 
 
-def cockpit_cmd(port: int, pin: Pinning, scenario: str | None = None) -> list[str]:
-    exe = Path(sys.executable).parent / "cockpit-api"
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "cockpit_api.cli"]
-    cmd = [*pin.server, *base, "serve", "--port", str(port)]
+def cockpit_cmd(port: int, pin: Pinning, scenario: str | None = None,
+                config: Path | None = None) -> list[str]:
+    # `-m` from the checkout's root (the servers' cwd): this tree's code, whatever the
+    # venv's `cockpit-api` script was installed from.
+    cmd = [*pin.server, sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port)]
     if scenario:
         cmd += ["--scenario", scenario]
+    if config:
+        cmd += ["--config", str(config)]
     return cmd
+
+
+def connexion_stack_config(tmp: Path) -> Path:
+    """A config that serves through Connexion's own per-request stack (no compiled
+    pipeline): the path every request took before cockpit_api/pipeline.py."""
+    path = tmp / "connexion-stack.toml"
+    path.write_text("[server]\ncompiled_pipeline = false\n")
+    return path
 
 
 def login(base: str) -> str:
@@ -394,7 +412,7 @@ class Wrk:
         self.plan, self.pin = plan, pin
         self.scripts: dict[str, Path] = {}
         report = (BENCH / "lua" / "report.lua").read_text()
-        for name in ("get", "login", "action"):
+        for name in ("get", "login", "action", "get_vm", "migrate"):
             path = tmp / f"{name}.lua"
             path.write_text((BENCH / "lua" / f"{name}.lua").read_text() + "\n" + report)
             self.scripts[name] = path
@@ -542,7 +560,9 @@ def prism_cmd(port: int, spec: Path, pin: Pinning) -> list[str] | None:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.plan = Plan.make(args.quick)
+        self.plan = Plan.make(args.quick, args.smoke)
+        if args.rounds:
+            self.plan.rounds = self.plan.action_rounds = args.rounds
         self.pin = Pinning.choose(not args.no_pin)
         self.tmp = Path(tempfile.mkdtemp(prefix="cockpit-bench-"))
         self.wrk = Wrk(self.plan, self.pin, self.tmp)
@@ -553,6 +573,7 @@ class Bench:
             "settings": {k: v for k, v in vars(self.plan).items()},
         }
         self.t0 = time.perf_counter()
+        self.baseline: Server | None = None
 
     def say(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", flush=True)
@@ -572,6 +593,12 @@ class Bench:
         body_file.write_bytes(body)
 
         servers: dict[str, tuple[Server, str]] = {"ours": (ours, token)}
+        if not self.args.no_baseline:
+            port = free_port()
+            base = Server("connexion-stack", cockpit_cmd(port, self.pin, config=(
+                connexion_stack_config(self.tmp))), port, self.tmp).start()
+            base.wait_ready(f"{PREFIX}/openapi.json")
+            servers["ours, Connexion's stack"] = (base, login(base.base))
         secret = uuid.uuid4().hex + uuid.uuid4().hex
         port = free_port()
         ceiling = Server("ceiling", [*self.pin.server, sys.executable, str(BENCH / "ceiling.py"),
@@ -606,9 +633,55 @@ class Bench:
             table[name]["rss_mib"] = round(server.rss_kib()["VmRSS"] / 1024, 1)
         self.results["comparison"] = table
         for name, (server, _) in servers.items():
-            if name != "ours":
+            if name == "ours, Connexion's stack":
+                self.baseline = server
+            elif name != "ours":
                 server.stop()
         return ours
+
+    # -- 1b. single-resource reads and writes: ours vs the same server on Connexion's stack
+
+    def operations(self, ours: Server) -> None:
+        plan = self.plan
+        servers = {"ours": ours}
+        if self.baseline is not None:
+            servers["ours, Connexion's stack"] = self.baseline
+        rows: dict[str, dict[str, Any]] = {}
+        for workload in ("GET /vms/{id}", "action + GET", "migrate + poll"):
+            targets: dict[str, Target] = {}
+            for name, server in servers.items():
+                token = login(server.base)
+                status, raw = http("POST", f"{server.base}/_sim/scenario", {"name": "default"},
+                                   token)
+                if status != 200:
+                    raise ServerFailed(f"scenario swap: {status} {raw[:300]!r}")
+                targets[name] = self._workload(workload, server, token)
+            self.say(f"{workload}: {' vs '.join(servers)}")
+            table = interleaved(self.wrk, targets, plan.curve_warmup, plan.action_duration,
+                                plan.action_rounds, self.say)
+            rows[workload] = table
+        self.results["operations"] = rows
+
+    def _workload(self, workload: str, server: Server, token: str) -> Target:
+        hosts = get_json(f"{server.base}{PREFIX}/hosts", token)["hosts"]
+        connected = [h["id"] for h in hosts if h["status"] == "connected"]
+        running = [v for v in get_json(f"{server.base}{PREFIX}/vms?status=running",
+                                       token)["vms"]
+                   if v["host_id"] in connected and v["migration_id"] is None]
+        if workload == "GET /vms/{id}":
+            ids = [v["id"] for v in get_json(f"{server.base}{LIST_100}", token)["vms"]]
+            return Target(server.base, token, "get_vm", {"BENCH_VM_IDS": ",".join(ids)},
+                          server=server)
+        if workload == "action + GET":
+            vms = [v["id"] for v in running][:self.plan.threads]
+            return Target(server.base, token, "action", {"BENCH_VM_IDS": ",".join(vms)},
+                          server=server)
+        pairs = []
+        for v in running[:self.plan.threads]:
+            other = next(h for h in connected if h != v["host_id"])
+            pairs.append(f"{v['id']}:{v['host_id']}:{other}")
+        return Target(server.base, token, "migrate", {"BENCH_MIGRATIONS": ",".join(pairs)},
+                      server=server)
 
     # -- 2. curves
 
@@ -658,28 +731,12 @@ class Bench:
                 break
         return str(cursor)
 
-    def action_and_login(self, ours: Server) -> None:
+    def login_rate(self, ours: Server) -> None:
         plan = self.plan
-        token = login(ours.base)
-        status, raw = http("POST", f"{ours.base}/_sim/scenario", {"name": "default"}, token)
-        if status != 200:
-            raise ServerFailed(f"scenario swap: {status} {raw[:300]!r}")
-        connected = {x["id"] for x in get_json(f"{ours.base}{PREFIX}/hosts", token)["hosts"]
-                     if x["status"] == "connected"}
-        vms = [v["id"] for v in get_json(f"{ours.base}{PREFIX}/vms?status=running", token)["vms"]
-               if v["host_id"] in connected and v["migration_id"] is None][:plan.threads]
-        self.say(f"action + GET round trip (suspend/resume alternating, then GET) on {vms}")
-        action = interleaved(
-            self.wrk, {"action+GET": Target(ours.base, token, "action",
-                                            {"BENCH_VM_IDS": ",".join(vms)}, server=ours)},
-            plan.curve_warmup, plan.action_duration, plan.action_rounds, self.say)["action+GET"]
-        action["round_trips_per_s"] = round(action["rps"] / 2, 1)
-        self.results["action_round_trip"] = action
         self.say("login throughput (POST /auth/login; scrypt n=2^14 by design)")
         self.results["login"] = interleaved(
             self.wrk, {"login": Target(ours.base, None, "login", timeout="30s", server=ours)},
             0, plan.login_duration, 1, self.say)["login"]
-        ours.stop()
 
     # -- 3. start-up and memory
 
@@ -687,21 +744,25 @@ class Bench:
         plan = self.plan
         self.say(f"start-up, default scenario: process start to first 200 on "
                  f"/api/v1/openapi.json, {plan.startup_runs} runs")
-        times, rss = [], []
+        times, rss, cpu = [], [], []
         for _ in range(plan.startup_runs):
             port = free_port()
             s = Server("startup", cockpit_cmd(port, self.pin), port, self.tmp).start()
             try:
                 times.append(s.wait_ready(f"{PREFIX}/openapi.json", timeout=60, interval=0.005))
+                # The CPU the start-up took: what the wall time would be on an idle core.
+                cpu.append(cpu_seconds(s))
                 rss.append(s.rss_kib()["VmRSS"])
             finally:
                 s.stop()
             time.sleep(0.2)
         self.results["startup"] = {
             "median_s": round(statistics.median(times), 3), "runs_s": [round(t, 3) for t in times],
+            "cpu_s": round(statistics.median(cpu), 3),
             "rss_mib_default": round(statistics.median(rss) / 1024, 1)}
         runs = ", ".join(f"{t:.2f}" for t in times)
-        self.say(f"  median {statistics.median(times):.3f} s ({runs})")
+        self.say(f"  median {statistics.median(times):.3f} s ({runs}); CPU "
+                 f"{statistics.median(cpu):.2f} s")
 
     def memory(self) -> None:
         n = max(self.plan.sizes)
@@ -715,7 +776,8 @@ class Bench:
             ready = s.wait_ready(f"{PREFIX}/openapi.json", timeout=300, interval=0.02)
             idle = s.rss_kib()
             token = login(s.base)
-            load = self.wrk.run(s.base + LIST_100, token, max(2, self.plan.curve_duration))
+            load = self.wrk.run(s.base + LIST_100, token, max(1 if self.args.smoke else 2,
+                                                              self.plan.curve_duration))
             after = s.rss_kib()
         finally:
             s.stop()
@@ -733,11 +795,21 @@ class Bench:
         self.say(f"bench ({self.results['mode']}): {self.pin.describe()}; "
                  f"wrk -t{self.plan.threads} -c{self.plan.connections}; tmp {self.tmp}")
         try:
+            phases = set(self.args.phases.split(","))
             ours = self.comparison()
-            self.curves(ours)
-            self.action_and_login(ours)
-            self.startup()
-            self.memory()
+            if "operations" in phases:
+                self.operations(ours)
+            if self.baseline is not None:
+                self.baseline.stop()
+            if "curves" in phases:
+                self.curves(ours)
+            if "login" in phases:
+                self.login_rate(ours)
+            ours.stop()
+            if "startup" in phases:
+                self.startup()
+            if "memory" in phases:
+                self.memory()
         except ServerFailed as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 2
@@ -783,7 +855,8 @@ def ceiling_token(secret: str) -> str:
 def all_ok(results: dict[str, Any]) -> bool:
     sections: list[dict[str, Any]] = list(results.get("comparison", {}).values())
     sections += results.get("curves", [])
-    sections += [results[k] for k in ("action_round_trip", "login") if k in results]
+    sections += [results[k] for k in ("login",) if k in results]
+    sections += [x for table in results.get("operations", {}).values() for x in table.values()]
     return all(s.get("ok", True) for s in sections)
 
 
@@ -802,6 +875,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = ours["rps"] / prism["rps"]
         add("GET /vms req/s vs Prism", ratio, ">= 2.0x", ratio >= 2.0,
             f"{ours['rps']:,.0f} vs {prism['rps']:,.0f} req/s")
+        if ours.get("req_per_cpu_s") and prism.get("req_per_cpu_s"):
+            ratio = ours["req_per_cpu_s"] / prism["req_per_cpu_s"]
+            add("GET /vms per core (req/CPU-s) vs Prism", ratio, ">= 2.0x", ratio >= 2.0,
+                f"{ours['req_per_cpu_s']:,.0f} vs {prism['req_per_cpu_s']:,.0f} req/CPU-s")
         ratio = ours["p99_ms"] / prism["p99_ms"]
         add("GET /vms p99 vs Prism", ratio, "< 1.0x", ratio < 1.0,
             f"{ours['p99_ms']:.2f} vs {prism['p99_ms']:.2f} ms")
@@ -810,8 +887,20 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         add("GET /vms p99 vs Prism", None, "< 1.0x", None, "Prism not run")
     if ours and ceiling:
         ratio = ours["rps"] / ceiling["rps"]
-        add("GET /vms req/s vs the ceiling", ratio, ">= 0.5x", ratio >= 0.5,
+        add("(info) GET /vms req/s vs the ceiling", ratio, "", None,
             f"{ours['rps']:,.0f} vs {ceiling['rps']:,.0f} req/s")
+    stack = cmp_.get("ours, Connexion's stack")
+    if ours and stack:
+        ratio = ours["rps"] / stack["rps"]
+        add("GET /vms req/s vs Connexion's stack", ratio, "> 1.0x", ratio > 1.0,
+            f"{ours['rps']:,.0f} vs {stack['rps']:,.0f} req/s")
+    for workload, table in r.get("operations", {}).items():
+        a, b = table.get("ours"), table.get("ours, Connexion's stack")
+        if a and b:
+            ratio = a["rps"] / b["rps"]
+            add(f"{workload} req/s vs Connexion's stack", ratio, "> 1.0x", ratio > 1.0,
+                f"{a['rps']:,.0f} vs {b['rps']:,.0f} req/s; p99 {a['p99_ms']:.2f} vs "
+                f"{b['p99_ms']:.2f} ms")
     curve = {(c["vms"], c["endpoint"]): c for c in r.get("curves", [])}
     small, big = min(r["settings"]["sizes"]), max(r["settings"]["sizes"])
     a, b = curve.get((small, "list limit=100")), curve.get((big, "list limit=100"))
@@ -820,15 +909,27 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"page of 100 at {big:,} VMs vs {small} VMs", ratio, "<= 1.5x", ratio <= 1.5,
             f"{b['rps']:,.0f} vs {a['rps']:,.0f} req/s; p50 {b['p50_ms']:.2f} vs "
             f"{a['p50_ms']:.2f} ms")
+        if a.get("req_per_cpu_s") and b.get("req_per_cpu_s"):
+            ratio = a["req_per_cpu_s"] / b["req_per_cpu_s"]
+            add("(same, per CPU-second: sizes are measured minutes apart, not interleaved)",
+                ratio, "<= 1.5x", ratio <= 1.5,
+                f"{b['req_per_cpu_s']:,.0f} vs {a['req_per_cpu_s']:,.0f} req/CPU-s")
     mid = curve.get((1_000, "list limit=100"))
     if mid and b and big != 1_000:
         ratio = mid["rps"] / b["rps"]
         add(f"(info) page of 100 at {big:,} VMs vs 1,000 VMs: same page size, cluster size only",
             ratio, "<= 1.5x", ratio <= 1.5, f"{b['rps']:,.0f} vs {mid['rps']:,.0f} req/s")
+        if mid.get("req_per_cpu_s") and b.get("req_per_cpu_s"):
+            ratio = mid["req_per_cpu_s"] / b["req_per_cpu_s"]
+            add("(info, same, per CPU-second)", ratio, "<= 1.5x", ratio <= 1.5,
+                f"{b['req_per_cpu_s']:,.0f} vs {mid['req_per_cpu_s']:,.0f} req/CPU-s")
     st = r.get("startup")
     if st:
         add("start-up, default scenario", st["median_s"], "< 2 s", st["median_s"] < 2.0,
-            f"median of {len(st['runs_s'])}")
+            f"median of {len(st['runs_s'])}, wall time")
+        if "cpu_s" in st:
+            add("start-up, CPU time of it (what an idle core would take)", st["cpu_s"],
+                "< 2 s", st["cpu_s"] < 2.0, "user + system seconds at the first 200")
     return out
 
 
@@ -895,12 +996,31 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{_opt(c['req_per_cpu_s'], ',.0f')} | {c['bytes_per_request']:,.0f} | "
                 f"{c['rss_mib']} |")
         lines.append("")
+    if r.get("operations"):
+        s = r["settings"]
+        lines += [
+            f"### One resource at a time: ours vs the same server on Connexion's own stack "
+            f"({s['action_rounds']} x {s['action_duration']} s interleaved, default scenario)",
+            "",
+            "| workload | server | req/s | p50 ms | p99 ms | server CPU % | req/CPU-s | "
+            "compiled/stack req/s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for workload, table in r["operations"].items():
+            base = table.get("ours, Connexion's stack")
+            for name, x in table.items():
+                ratio = (f"{x['rps'] / base['rps']:.2f}" if base and name == "ours"
+                         and base["rps"] else "")
+                bad = "" if x["ok"] else f" **errors {x['errors']}**"
+                lines.append(
+                    f"| {workload} | {name} | {_fmt_rps(x['rps'])}{bad} | {x['p50_ms']:.2f} | "
+                    f"{x['p99_ms']:.2f} | {_opt(x['server_cpu_pct'])} | "
+                    f"{_opt(x['req_per_cpu_s'], ',.0f')} | {ratio} |")
+        lines += ["", "GET /vms/{id} cycles over the 14 VMs; action + GET is suspend, GET, "
+                  "resume, GET on two running VMs; migrate + poll starts a migration per wrk "
+                  "thread, polls it until it ends, then migrates the VM back (connections "
+                  "waiting for the POST read the VM).", ""]
     other = []
-    if "action_round_trip" in r:
-        a = r["action_round_trip"]
-        other.append(f"| action + GET (suspend/resume then GET, default scenario) | "
-                     f"{_fmt_rps(a['rps'])} req/s = {_fmt_rps(a['round_trips_per_s'])} round "
-                     f"trips/s; p50 {a['p50_ms']:.2f} ms, p99 {a['p99_ms']:.2f} ms |")
     if "login" in r:
         a = r["login"]
         other.append(f"| POST /auth/login (scrypt n=2^14 per login, by design) | "
@@ -909,8 +1029,8 @@ def markdown(r: dict[str, Any]) -> str:
         a = r["startup"]
         other.append(f"| start-up, default scenario (process start to first 200 on "
                      f"/api/v1/openapi.json) | median {a['median_s']:.2f} s of "
-                     f"{len(a['runs_s'])} ({', '.join(f'{t:.2f}' for t in a['runs_s'])}); "
-                     f"RSS {a['rss_mib_default']} MiB |")
+                     f"{len(a['runs_s'])} ({', '.join(f'{t:.2f}' for t in a['runs_s'])}), "
+                     f"of which CPU {a.get('cpu_s', 0):.2f} s; RSS {a['rss_mib_default']} MiB |")
     if "memory" in r:
         a = r["memory"]
         other.append(f"| memory at {a['vms']:,} VMs / {a['hosts']} hosts (fresh process) | "
@@ -938,6 +1058,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short version (< 60 s)")
     parser.add_argument("--no-prism", action="store_true", help="skip Prism")
+    parser.add_argument("--smoke", action="store_true",
+                        help="with --quick: 1 s rounds, no warm-up, 20 VMs only (the "
+                             "test suite's smoke test; numbers meaningless)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip our server on Connexion's own stack (compiled pipeline off)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs with taskset")
     parser.add_argument("--ceiling-cache", action="store_true",
                         help="also serve the ceiling with our verified-token cache (no HMAC "
@@ -945,6 +1070,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", default=str(BENCH / "results"),
                         help="where the JSON and markdown land (default bench/results)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server logs)")
+    parser.add_argument("--phases", default="operations,curves,login,startup,memory",
+                        help="after the comparison (always): any of operations, curves, "
+                             "login, startup, memory (default: all)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="rounds per comparison and per workload (default 3; 1 quick)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)

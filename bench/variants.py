@@ -14,17 +14,16 @@ docstring. All variants are served at once (pinned to the first CPU; idle
 ones cost nothing), warmed up, then loaded by wrk in interleaved rounds, so a
 noisy neighbour hurts every variant alike.
 
-Every patch keeps the contract: strict request validation still runs on every
-request (the validators are built once instead of per request), security still
-runs, answers are byte-identical (checked before the load starts), except
-``orjson`` (same JSON, no whitespace difference; non-ASCII emitted as UTF-8).
+Every patch keeps the contract: strict request validation and security still run
+on every request, answers are the same JSON (checked before the load starts).
+``connexion-stack`` is the reference for the compiled pipeline: the same server
+with every request through Connexion's own per-request stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import copy
 import functools
 import gc
 import json
@@ -47,146 +46,23 @@ sys.path.insert(0, str(BENCH))
 # Each takes no argument and patches the current process before the app is built.
 
 
-def p_signatures() -> None:
-    """handlers/*.py + cockpit_api/auth.py (or app.py after add_api): give every handler
-    and bearer_info a precomputed ``__signature__``.
+def p_connexion_stack() -> None:
+    """Not a change: the server as it was before the compiled pipeline (cockpit_api/pipeline.py),
+    every request through Connexion's own per-request middleware stack. The reference the
+    pipeline's gains are measured against (``compiled_pipeline = false`` in a config file does
+    the same)."""
+    from cockpit_api import app as app_module
 
-    Connexion calls inspect.signature() on the handler (parameter decorator) and on
-    the x-bearerInfoFunc (SecurityHandler._accepts_kwarg, twice) on every request;
-    inspect returns ``__signature__`` at once when a function carries one.
-    """
-    import importlib
-    import inspect
+    create = app_module.create_app
 
-    from cockpit_api import auth
+    def create_app(settings: Any = None, **kwargs: Any) -> Any:
+        from cockpit_api.config import Settings
 
-    for name in ("auth", "hosts", "vms", "migrations", "metrics", "control"):
-        module = importlib.import_module(f"handlers.{name}")
-        for fn in list(vars(module).values()):
-            if inspect.isfunction(fn) and fn.__module__ == module.__name__:
-                fn.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
-    auth.bearer_info.__signature__ = inspect.signature(auth.bearer_info)  # type: ignore[attr-defined]
+        settings = settings or Settings()
+        settings.compiled_pipeline = False
+        return create(settings, **kwargs)
 
-
-def p_decorate_once() -> None:
-    """Upstream Connexion (apps/asynchronous.py AsyncOperation.fn, decorators/main.py
-    ASGIDecorator.__call__): build each operation's decorator chain once, not per request.
-
-    Connexion 3.3's AsyncApp builds a StarletteDecorator, then the sync/async,
-    parameter and response decorators (functools.wraps, inspect.signature) on every
-    request. Per-request state (the request, the operation) still comes from
-    Connexion's context variables at call time, as before.
-    """
-    from connexion.apps import asynchronous
-    from connexion.decorators import main
-
-    build = asynchronous.AsyncOperation.fn.fget
-
-    def fn(self: Any) -> Any:
-        cached = self.__dict__.get("_bench_fn")
-        if cached is None:
-            cached = self.__dict__["_bench_fn"] = build(self)
-        return cached
-
-    asynchronous.AsyncOperation.fn = property(fn)
-
-    def call(self: Any, function: Callable[..., Any]) -> Callable[..., Any]:
-        decorated: Callable[..., Any] | None = None
-
-        @functools.wraps(function)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            nonlocal decorated
-            request = self.framework.get_request(
-                uri_parser=self.uri_parser, scope=main.scope, receive=main.receive)
-            if decorated is None:
-                decorated = self.decorate(function)
-            return await decorated(request)
-
-        return wrapper
-
-    main.ASGIDecorator.__call__ = call
-
-
-def p_validator_cache() -> None:
-    """cockpit_api/app.py: ``add_api(..., validator_map=...)`` with a ParameterValidator and
-    a JSON body validator that build each jsonschema validator once per schema.
-
-    Connexion 3.3 deep-copies every parameter's schema and builds a Draft4Validator
-    for it on every request (validators/parameter.py validate_parameter), and builds
-    the body's Draft4RequestValidator per request (validators/json.py _validator).
-    The checks are the same; only their construction moves out of the request.
-    Patched globally here; validator_map is Connexion's supported way to do it.
-    """
-    from connexion.json_schema import Draft4RequestValidator
-    from connexion.validators import json as json_validators
-    from connexion.validators import parameter as pv
-    from jsonschema import Draft4Validator, ValidationError
-
-    params: dict[int, tuple[Any, Any]] = {}
-
-    def validate_parameter(parameter_type: str, value: Any, param: dict[str, Any],
-                           param_name: str | None = None) -> str | None:
-        if pv.is_nullable(param) and pv.is_null(value):
-            return None
-        if value is not None:
-            entry = params.get(id(param))
-            if entry is None:
-                schema = copy.deepcopy(param)
-                schema = schema.get("schema", schema)
-                entry = params[id(param)] = (
-                    param, Draft4Validator(schema, format_checker=pv.draft4_format_checker))
-            try:
-                entry[1].validate(value)
-            except ValidationError as exception:
-                return str(exception)
-            return None
-        if param.get("required"):
-            return f"Missing {parameter_type} parameter '{param['name']}'"
-        return None
-
-    pv.ParameterValidator.validate_parameter = staticmethod(validate_parameter)
-
-    bodies: dict[int, tuple[Any, Any]] = {}
-
-    def _validator(self: Any) -> Any:
-        entry = bodies.get(id(self._schema))
-        if entry is None:
-            entry = bodies[id(self._schema)] = (self._schema, Draft4RequestValidator(
-                self._schema, format_checker=Draft4Validator.FORMAT_CHECKER))
-        return entry[1]
-
-    json_validators.JSONRequestBodyValidator._validator = property(_validator)
-
-
-def p_inventory_tail() -> None:
-    """backends/inventory.py SortedKeys.after: no copy of the whole key list for a first page.
-
-    ``iter(self._keys[start:]) if start == 0`` copies every key (100,000 at 100,000
-    VMs) to return 100; ``_tail`` (already there for later pages) does not.
-    """
-    from backends import inventory
-
-    def after(self: Any, key: str | None) -> Any:
-        start = 0 if key is None else inventory.bisect.bisect_right(self._keys, key)
-        return inventory._tail(self._keys, start)
-
-    inventory.SortedKeys.after = after  # type: ignore[method-assign]
-
-
-def p_orjson() -> None:
-    """handlers/_common.py ok(): orjson.dumps instead of json.dumps (a new dependency)."""
-    import importlib
-
-    import orjson
-    from starlette.responses import Response
-
-    def ok(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-        return Response(orjson.dumps(body), status, headers, media_type="application/json")
-
-    for name in ("_common", "auth", "hosts", "vms", "migrations", "metrics", "control"):
-        module = importlib.import_module(f"handlers.{name}")
-        if hasattr(module, "ok"):
-            module.ok = ok  # type: ignore[attr-defined]
+    app_module.create_app = create_app  # type: ignore[assignment]
 
 
 def p_page_cache() -> None:
@@ -241,22 +117,6 @@ def p_page_cache() -> None:
     vms.list_vms = list_vms
 
 
-def p_gc_freeze() -> None:
-    """cockpit_api/cli.py _serve: ``gc.collect(); gc.freeze()`` after create_app (and after a
-    scenario load), so the collector stops re-scanning the spec, the validators and the
-    inventory: shorter full collections, a shorter latency tail."""
-    import uvicorn
-
-    run = uvicorn.run
-
-    def frozen_run(*args: Any, **kwargs: Any) -> Any:
-        gc.collect()
-        gc.freeze()
-        return run(*args, **kwargs)
-
-    uvicorn.run = frozen_run
-
-
 def p_asyncio_h11() -> None:
     """Not a change: what serving costs if uvloop/httptools were missing (uvicorn's
     fallback to asyncio + h11 is silent). Argues for pinning them in cli._serve."""
@@ -306,33 +166,20 @@ def p_gc_stats() -> None:
 
 
 PATCHES: dict[str, Callable[[], None]] = {
-    "signatures": p_signatures,
-    "decorate-once": p_decorate_once,
-    "validator-cache": p_validator_cache,
-    "inventory-tail": p_inventory_tail,
-    "orjson": p_orjson,
+    "connexion-stack": p_connexion_stack,
     "page-cache": p_page_cache,
-    "gc-freeze": p_gc_freeze,
     "gc-stats": p_gc_stats,
     "asyncio-h11": p_asyncio_h11,
 }
-# Variants: name -> (patches, extra `cockpit-api serve` arguments)
+# Variants: name -> (patches, extra `cockpit-api serve` arguments). The patches of earlier
+# rounds (signatures, validator-cache, inventory-tail, orjson, gc-freeze, decorate-once) are
+# in the code now, or made moot by the compiled pipeline; they were retired with it.
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "baseline": ([], []),
-    "signatures": (["signatures"], []),
-    "decorate-once": (["decorate-once"], []),
-    "validator-cache": (["validator-cache"], []),
-    "inventory-tail": (["inventory-tail"], []),
-    "orjson": (["orjson"], []),
+    "connexion-stack": (["connexion-stack"], []),
     "page-cache": (["page-cache"], []),
-    "gc-freeze": (["gc-freeze"], []),
     "log-warning": ([], ["--log-level", "warning"]),
     "asyncio-h11": (["asyncio-h11"], []),
-    "local-fixes": (["signatures", "validator-cache", "inventory-tail", "gc-freeze"], []),
-    "local+orjson+cache": (["signatures", "validator-cache", "inventory-tail", "gc-freeze",
-                            "orjson", "page-cache"], []),
-    "all": (["signatures", "validator-cache", "inventory-tail", "gc-freeze", "orjson",
-             "page-cache", "decorate-once"], []),
 }
 
 
@@ -355,14 +202,6 @@ def drive(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    if any("orjson" in VARIANTS[n][0] for n in names):
-        try:
-            import orjson  # noqa: F401
-        except ImportError:
-            if not args.pydeps:
-                print("orjson is not importable: pass --pydeps DIR with "
-                      "`pip install --target DIR orjson` (kept out of .venv)", file=sys.stderr)
-                return 2
     plan = harness.Plan.make(args.quick)
     plan.rounds = args.rounds or plan.rounds
     plan.duration = args.duration or plan.duration
@@ -485,7 +324,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pydeps", default=None,
-                        help="a directory with orjson (pip install --target DIR orjson)")
+                        help="extra modules for patches (pip install --target DIR ...)")
     parser.add_argument("--results-dir", default=str(BENCH / "results"))
     return drive(parser.parse_args())
 

@@ -44,6 +44,7 @@ from cockpit_api.auth import (
 from cockpit_api.config import ConfigError, Settings
 from cockpit_api.feed import feed_of
 from cockpit_api.limits import BodyLimits, RequestLimits
+from cockpit_api.pipeline import middlewares as compiled_pipeline
 from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
 from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
 from cockpit_api.sandboxes import SandboxRegistry
@@ -218,7 +219,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             if writer is not None:
                 writer.flush()
 
-    app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan)
+    # The compiled pipeline (cockpit_api/pipeline.py) serves every operation of every spec;
+    # Connexion's own layers below it serve the rest (UI, specs, 404/405, HEAD).
+    app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan,
+                             middlewares=compiled_pipeline(allow_below=(RawSpecs,))
+                             if settings.compiled_pipeline else None)
     # Explicit base paths: Connexion orders its mounts by them before reading the specs'
     # servers, and the ops API mounted at "" would otherwise shadow the others.
     app.add_api(

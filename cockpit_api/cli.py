@@ -55,6 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
                        "clear; use --tls-cert/--tls-key or a TLS proxy", settings.host)
     # Everything built so far (spec, validators, scenario) lives as long as the process:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
+    from cockpit_api.pipeline import prepare
+    prepare(app)  # Connexion's stack and the compiled pipelines, now rather than at start-up
     gc.collect()
     gc.freeze()
     head_limits = HeadLimits(settings.max_header_bytes, settings.max_headers,

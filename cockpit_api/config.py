@@ -122,6 +122,8 @@ class Settings:
     backend: str = "sim"
     host: str = "127.0.0.1"
     port: int = 8080
+    # Serve operations through cockpit_api/pipeline.py (off: Connexion's own per-request stack).
+    compiled_pipeline: bool = True
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     # Request headers a browser may send besides the built-in ones (CORS_BASE_HEADERS).
     cors_allow_headers: list[str] = field(default_factory=list)

@@ -113,6 +113,26 @@ def _parameter_validator(param: dict[str, Any]) -> Draft4Validator:
 
 
 class CachedParameterValidator(ParameterValidator):
+    def __init__(self, parameters: list[dict[str, Any]], *args: Any, **kwargs: Any) -> None:
+        # Connexion 3.3's OpenAPIOperation appends the path item's parameters to the
+        # operation's own list in place, once per middleware that loads the operation, so a
+        # path parameter can be there several times: check each (in, name) once, or every
+        # failure is reported once per copy.
+        unique: dict[tuple[str, str], dict[str, Any]] = {}
+        for p in parameters:
+            unique.setdefault((p["in"], p["name"]), p)
+        super().__init__(list(unique.values()), *args, **kwargs)
+
+    def validate_query_parameter_list(self, request: Any,
+                                      security_params: Any = None) -> set[str]:
+        # Same set difference as Connexion's, without rebuilding the spec's names per request.
+        names = self.__dict__.get("_query_names")
+        if names is None:
+            names = self.__dict__["_query_names"] = frozenset(
+                p["name"] for p in self.parameters.get("query", []))
+        extra = set(request.query_params.keys()) - names
+        return extra.difference(security_params or ())
+
     def _check(self, where: str, param: dict[str, Any], value: Any) -> list[FieldError]:
         prefix = f"/{where}/{_escape(param['name'])}"
         if is_nullable(param) and is_null(value):

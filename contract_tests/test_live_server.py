@@ -13,6 +13,7 @@ exits 0 when every request was refused for want of credentials.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -81,7 +82,9 @@ def test_schemathesis_cli_against_live_server(live_server: LiveServer, tmp_path:
         "--no-color",
     ]
     started = time.monotonic()
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="contract_tests.live_hooks",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env,
                          timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL, check=False)
     output = run.stdout + run.stderr
     print(f"schemathesis CLI: exit {run.returncode} in {time.monotonic() - started:.1f} s")

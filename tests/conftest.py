@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 
 from backends import scenario
 from backends.sim import SimulatedBackend, VirtualClock
+from cockpit_api import pipeline
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.config import Settings
 
@@ -18,6 +19,11 @@ from cockpit_api.config import Settings
 from tests.browser import browser, context, page  # noqa: F401
 from tests.lab_support import lab_env  # noqa: F401 - one lab per session for every lab module
 from tests.pg import Postgres, pg_bin, running_postgres
+
+# Every request of the suite goes through the compiled pipeline; this also checks each
+# one's handler arguments against Connexion's own get_arguments (cockpit_api/pipeline.py).
+pipeline.Pipeline.crosscheck = True
+_SERVED = pipeline.Stats()  # summed over the suite's apps, printed at the end
 
 T0 = 1_800_000_000.0
 SECRET = "test-secret-that-is-long-enough-for-every-hmac-algorithm-0123456789"
@@ -102,6 +108,17 @@ def app(sim: SimulatedBackend, auth_clock: FakeClock, sleeps: list[float]) -> Co
 def client(app: CockpitApp) -> Iterator[TestClient]:
     with TestClient(app) as c:
         yield c
+    compiled = pipeline.of(app)
+    assert compiled is not None and compiled.disabled_reason is None, "compiled pipeline off"
+    _SERVED.compiled += compiled.stats.compiled
+    _SERVED.passed += compiled.stats.passed
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _SERVED.compiled or _SERVED.passed:
+        terminalreporter.write_line(
+            f"compiled pipeline: {_SERVED.compiled} requests served by compiled operations, "
+            f"{_SERVED.passed} passed to Connexion's stack (404/405, HEAD, UI, specs)")
 
 
 def login(client: TestClient, username: str, password: str) -> dict[str, str]:
