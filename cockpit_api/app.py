@@ -2,8 +2,9 @@
 
 ``create_app(settings, backend=...)`` builds a Connexion AsyncApp with strict
 request validation and problem+json errors, wraps it so that every request
-carries this instance's :class:`Services` in its scope, and mounts the
-simulator's control plane when the backend is the simulator.
+carries this instance's :class:`Services` in its scope and every write is
+audited, and mounts the simulator's control plane when the backend is the
+simulator.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 from backends.base import Backend, BackendError, PageRequest
 from cockpit_api import logs, problems, web
 from cockpit_api.access import AccessMiddleware
+from cockpit_api.audit import READS, Auditor, OperationIndex
 from cockpit_api.auth import (
     AuthError,
     AuthService,
@@ -49,6 +50,7 @@ from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
 from cockpit_api.sandboxes import SandboxRegistry
 from cockpit_api.served_spec import RawSpecs
 from cockpit_api.state import SCOPE_KEY, Services
+from cockpit_api.store import MEMORY_URL, Store, open_store
 from cockpit_api.telemetry import Metrics
 from cockpit_api.validators import validator_map
 
@@ -69,18 +71,24 @@ CORS_EXPOSE_HEADERS = ("Location", "Retry-After", "WWW-Authenticate", "X-Request
 
 class CockpitApp:
     """The ASGI app: picks the world a request is for, puts its services in the scope,
-    adds its simulated latency.
+    adds its simulated latency, and audits every write (cockpit_api/audit.py).
 
     ``/sandboxes/{id}/...`` is a sandbox (cockpit_api/sandboxes.py): the scope's
     ``root_path`` becomes ``/sandboxes/{id}``, below which the one shared Connexion
     app routes as at the root. Everything else is the default world.
     """
 
-    def __init__(self, inner: connexion.AsyncApp, services: Services,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+    def __init__(self, inner: Any, services: Services,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.time,
+                 index: Callable[[], OperationIndex] | None = None) -> None:
+        """``inner``: the Connexion app (possibly wrapped); ``index``: the write operations
+        of the specs it serves (default: read from ``inner``, a Connexion app)."""
         self.inner = inner
         self.services = services
         self._sleep = sleep
+        self.auditor = Auditor(inner, services, index or (lambda: OperationIndex.of(inner)),
+                               clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -104,6 +112,9 @@ class CockpitApp:
             latency = latency_for(path, scope["method"]) if latency_for else 0
             if latency:
                 await self._sleep(latency / 1000)
+            if scope["method"] not in READS:
+                await self.auditor(scope, receive, send)
+                return
         await self.inner(scope, receive, send)
 
 
@@ -150,7 +161,7 @@ def _precompute_signatures() -> None:
     when a function carries one (about 10% of a request, bench/README.md).
     """
     for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "ops", "events",
-                 "sandboxes"):
+                 "sandboxes", "audit"):
         module = importlib.import_module(f"handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
@@ -159,23 +170,28 @@ def _precompute_signatures() -> None:
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None,
+               store: Store | None = None,
                auth_clock: Callable[[], float] = time.time,
                sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> CockpitApp:
+    """The app. Without ``store`` it opens ``settings.store_url`` (``StoreError`` if it
+    cannot), or an in-memory store when none is set (apps built in code, tests)."""
     settings = settings or Settings()
+    store = store if store is not None else open_store(settings.store_url or MEMORY_URL)
     backend = backend or build_backend(settings)
-    secret = settings.jwt_secret
-    if not secret:
-        secret = secrets.token_urlsafe(48)
-        log.warning("no JWT secret configured: using a random one; tokens die with this process")
     auth = AuthService(
         _users(settings, backend),
-        AuthSettings(secret, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl,
-                     settings.refresh_ttl, settings.max_failures_per_user,
-                     settings.max_failures_per_address),
-        clock=auth_clock,
+        AuthSettings(settings.jwt_secret or None, settings.jwt_issuer, settings.jwt_audience,
+                     settings.token_ttl, settings.refresh_ttl, settings.max_failures_per_user,
+                     settings.max_failures_per_address, settings.failure_window,
+                     audit_retention=settings.audit_retention_days * 86400),
+        clock=auth_clock, store=store,
     )
-    services = Services(backend, auth, settings, Metrics(backend.info.kind, _version()))
+    services = Services(backend, auth, settings, Metrics(backend.info.kind, _version()),
+                        store=store)
     services.ready_checks["backend"] = functools.partial(_backend_ready, services)
+    services.ready_checks["store"] = functools.partial(_store_ready, services)
+    if hasattr(store, "observer"):  # SqlStore times its calls for the metrics
+        setattr(store, "observer", services.metrics.observe_store)  # noqa: B010
     if hasattr(backend, "call_observer"):  # the libvirt backend times its calls through it
         setattr(backend, "call_observer", services.metrics.observe_libvirt_call)  # noqa: B010
 
@@ -190,6 +206,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         await backend.start()
+        auth.start()
         services.started = True
         try:
             yield
@@ -197,6 +214,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             services.started = False
             if services.sandboxes is not None:
                 await services.sandboxes.close()
+            await auth.stop()
             await backend.close()
             if writer is not None:
                 writer.flush()
@@ -251,7 +269,17 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_error_handler(HTTPException, problems.on_http_exception)
     app.add_error_handler(UnicodeDecodeError, problems.on_bad_encoding)
     app.add_error_handler(Exception, problems.on_unexpected)
-    return CockpitApp(AccessMiddleware(app, services, access_log=writer), services, sleep)
+    return CockpitApp(AccessMiddleware(app, services, access_log=writer), services, sleep,
+                      auth_clock, index=lambda: OperationIndex.of(app))
+
+
+async def _store_ready(services: Services) -> str | None:
+    """The store answers a query (logins, refreshes and the audit log need it)."""
+    try:
+        await asyncio.to_thread(services.auth.store.ping)
+    except Exception:  # StoreUnavailable, or whatever a dead connection raises
+        return "the state store cannot be reached"
+    return None
 
 
 async def _backend_ready(services: Services) -> str | None:

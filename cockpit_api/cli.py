@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port, speed=args.speed, validate_responses=args.validate_responses or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, log_format=args.log_format,
         access_log=args.access_log or None, clock_start=args.clock_start,
+        state_dir=args.state_dir, store_url=args.store,
     )
     # Before importing the app: its imports can warn, and warnings are log records too.
     logs.configure(settings.log_format, args.log_level)
@@ -66,10 +67,13 @@ def _serve(args: argparse.Namespace) -> int:
     # operation and the user, and leaves out the query string. log_config=None keeps the
     # handlers logs.configure installed (with RedactSecrets, just above); uvicorn's
     # loggers propagate to them.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                log_config=None, access_log=False, lifespan="on", loop="uvloop",
-                http=protocol_with(head_limits), ssl_certfile=settings.tls_cert,
-                ssl_keyfile=settings.tls_key)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                    log_config=None, access_log=False, lifespan="on", loop="uvloop",
+                    http=protocol_with(head_limits), ssl_certfile=settings.tls_cert,
+                    ssl_keyfile=settings.tls_key)
+    finally:
+        app.services.auth.store.close()
     return 0
 
 
@@ -123,6 +127,35 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_key(args: argparse.Namespace) -> int:
+    from cockpit_api.auth import AuthService, AuthSettings
+    from cockpit_api.store import open_store
+
+    settings = Settings.load(args.config, state_dir=args.state_dir, store_url=args.store)
+    if settings.jwt_secret:
+        print("the signing key is configured (jwt_secret): change it there", file=sys.stderr)
+        return 2
+    assert settings.store_url is not None  # resolve_state sets it
+    store = open_store(settings.store_url)
+    try:
+        auth = AuthService([], AuthSettings(None, token_ttl=settings.token_ttl), store=store)
+        kid = auth.rotate_key()
+    finally:
+        store.close()
+    print(f"new signing key {kid}; servers sign with it within a minute, and tokens signed "
+          "before keep verifying until they expire")
+    return 0
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", default=None,
+                        help="where the embedded store lives (default "
+                             "$XDG_STATE_HOME/cockpit-api or ~/.local/state/cockpit-api)")
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="sqlite:///PATH or postgresql://USER:PASS@HOST/DB "
+                             "(default: sqlite in the state directory)")
+
+
 def _instant(value: str) -> float:
     """Unix seconds, or an ISO 8601 time (UTC unless it says otherwise)."""
     from datetime import UTC, datetime
@@ -151,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
     serve.add_argument("--config", default=None, help="TOML config file")
+    _add_store_options(serve)
     serve.add_argument("--speed", type=float, default=None,
                        help="virtual seconds per real second for the simulator (default 1)")
     serve.add_argument("--clock-start", type=_instant, default=None,
@@ -173,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="read the password from stdin (implied when stdin is a pipe)")
     hp.set_defaults(func=_hash_password)
 
+    rk = sub.add_parser("rotate-key", help="make a new JWT signing key in the store "
+                                           "(old tokens verify until they expire)")
+    rk.add_argument("--config", default=None, help="TOML config file")
+    _add_store_options(rk)
+    rk.set_defaults(func=_rotate_key)
+
     from cockpit_api import conformance
 
     conformance.add_parser(sub)
@@ -186,9 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from cockpit_api.store import StoreError
+
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         print(f"cockpit-api: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:

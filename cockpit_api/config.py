@@ -17,9 +17,17 @@ Example ``cockpit.toml``::
     metrics_token = "a long random string"   # /metrics then needs it as a bearer token
 
     [auth]
-    jwt_secret = "at least 32 bytes of secret ......"
+    jwt_secret = "at least 32 bytes of secret ......"   # optional: else generated, in the store
     token_ttl = 3600
     refresh_ttl = 604800
+    max_failures_per_user = 5      # login attempts per (user, address) per window
+    max_failures_per_address = 50  # login attempts per address per window
+    failure_window = 300           # seconds
+
+    [store]
+    url = "postgresql://cockpit:PASSWORD@db.example/cockpit"   # default: sqlite in state_dir
+    state_dir = "/var/lib/cockpit-api"   # default: $XDG_STATE_HOME/cockpit-api
+    audit_retention_days = 90
 
     [limits]                       # hostile input (README "Limits")
     max_body_bytes = 1048576       # larger bodies: 413, never read past this
@@ -59,6 +67,7 @@ Example ``cockpit.toml``::
 Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
 ``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_CLOCK_START``, ``COCKPIT_JWT_SECRET``,
 ``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``,
+``COCKPIT_STATE_DIR``, ``COCKPIT_STORE_URL``,
 ``COCKPIT_TLS_CERT``, ``COCKPIT_TLS_KEY``, ``COCKPIT_LOG_FORMAT``,
 ``COCKPIT_ACCESS_LOG`` (``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``),
 ``COCKPIT_METRICS_TOKEN``, ``COCKPIT_SANDBOX_MAX``, ``COCKPIT_SANDBOX_TTL``,
@@ -68,6 +77,10 @@ Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
 ``COCKPIT_BODY_TIMEOUT``, ``COCKPIT_MAX_HEADER_BYTES``, ``COCKPIT_MAX_HEADERS``,
 ``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``. The README's operator
 section has them all in one table.
+
+``Settings()`` built in code (tests, embedding) has no state directory and an
+in-memory store; ``Settings.load`` (the CLI) fills in the state directory and
+the SQLite file in it, see :meth:`Settings.resolve_state`.
 """
 
 from __future__ import annotations
@@ -128,6 +141,10 @@ class Settings:
     refresh_ttl: int = 7 * 86400
     max_failures_per_user: int = 5
     max_failures_per_address: int = 50
+    failure_window: int = 300
+    audit_retention_days: int = 90
+    state_dir: str | None = None
+    store_url: str | None = None
     scenario: str = "default"
     speed: float = 1.0
     clock_start: float | None = None
@@ -166,12 +183,34 @@ class Settings:
             if value is not None:
                 setattr(s, key, value)
         s._check()
+        s.resolve_state(os.environ if env is None else env)
         return s
+
+    def resolve_state(self, env: Any) -> None:
+        """The state directory (created 0700) and the store URL, when not given."""
+        if self.store_url is not None and self.state_dir is None:
+            return  # a database elsewhere: nothing to keep on this disk
+        if self.state_dir is None:
+            base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+            self.state_dir = str(Path(base) / "cockpit-api")
+        path = Path(self.state_dir)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"state directory {path}: {exc.strerror}") from None
+        if self.store_url is None:
+            from cockpit_api.store import default_url
+
+            self.store_url = default_url(path)
 
     def _apply_toml(self, data: dict[str, Any]) -> None:
         flat: dict[str, Any] = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
         for section in ("server", "auth", "sim", "libvirt", "limits"):
             flat.update(data.get(section, {}))
+        store = dict(data.get("store", {}))
+        if "url" in store:
+            store["store_url"] = store.pop("url")
+        flat.update(store)
         known = set(self.__dataclass_fields__) - {"hosts", "users"}
         for key, value in flat.items():
             if key not in known:
@@ -192,6 +231,7 @@ class Settings:
             ("tls_key", str), ("log_format", str), ("access_log", _boolean),
             ("metrics_token", str), ("sandbox_max", int), ("sandbox_ttl", int),
             ("cors_origins", _csv), ("cors_allow_headers", _csv), ("cors_credentials", _boolean),
+            ("state_dir", str), ("store_url", str),
             *((name, int) for name in _INT_LIMITS),
             *((name, float) for name in _FLOAT_LIMITS))
         for key, conv in conversions:

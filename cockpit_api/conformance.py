@@ -47,7 +47,7 @@ expected-statuses = ["2xx", "3xx", "4xx", "501", "503"]
 # compared), so schema-valid data may meet a documented 400 on these operations.
 [[operations]]
 include-operation-id = ["list_hosts", "list_vms", "list_migrations", "get_vm_metrics",
-                        "get_host_metrics"]
+                        "get_host_metrics", "list_audit"]
 checks.positive_data_acceptance.expected-statuses = [
   "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 """

@@ -13,8 +13,12 @@ if TYPE_CHECKING:
     from cockpit_api.auth import AuthService
     from cockpit_api.config import Settings
     from cockpit_api.sandboxes import SandboxRegistry
+    from cockpit_api.store import Store
 
 SCOPE_KEY = "cockpit"
+# A dict per write request, filled by whoever knows (the app: who and which operation;
+# a handler: e.g. the username of a login) and written to the audit log at the answer.
+AUDIT_KEY = "cockpit.audit"
 # The request's id (str): the client's valid X-Request-Id or one made here
 # (cockpit_api/access.py). Read it with ``scope[REQUEST_ID_KEY]`` or request_id_of().
 REQUEST_ID_KEY = "cockpit.request_id"
@@ -36,11 +40,19 @@ class Services:
     # in the default world, the root API.
     sandboxes: SandboxRegistry | None = None
     sandbox_id: str | None = None
+    store: Store | None = None  # what outlives the process (cockpit_api/store)
 
 
 def services_of(scope: Any) -> Services:
     services: Services = scope[SCOPE_KEY]
     return services
+
+
+def audit_note(scope: Any, **fields: Any) -> None:
+    """Add to this request's audit entry (no-op for requests that are not audited)."""
+    note = scope.get(AUDIT_KEY)
+    if note is not None:
+        note.update(fields)
 
 
 def request_id_of(scope: Any) -> str | None:

@@ -68,6 +68,7 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     log = tmp_path / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COCKPIT_")}
     env["COCKPIT_JWT_SECRET"] = JWT_SECRET
+    env["COCKPIT_STATE_DIR"] = str(tmp_path / "state")  # never the user's own state
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "cockpit_api.cli", "serve", "--host", "127.0.0.1",

@@ -78,7 +78,9 @@ def reset_state(app: CockpitApp) -> None:
     services = app.services
     services.backend = new_backend()
     old = services.auth
+    # A new in-memory store: no session, counter or audit entry survives the reset.
     services.auth = AuthService(list(old.users.values()), old.settings, clock=old.clock)
+    services.store = services.auth.store
 
 
 def login(app: CockpitApp, username: str, password: str) -> str:

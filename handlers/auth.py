@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from connexion import context, request
 from starlette.responses import Response
 
 from cockpit_api.auth import TokenPair
+from cockpit_api.state import audit_note
 from handlers._common import Json, iso, no_content, ok, services
 
 
@@ -17,16 +20,22 @@ def _pair(pair: TokenPair) -> Response:
 
 async def login(body: Json) -> Response:
     client = request.client.host if request.client else "unknown"
+    audit_note(request.scope, actor=body["username"])  # the audit log names who tried
     pair = await services().auth.login_off_loop(body["username"], body["password"], client)
+    audit_note(request.scope, role=pair.role)
     return _pair(pair)
 
 
 async def refresh(body: Json) -> Response:
-    return _pair(services().auth.refresh(body["refresh_token"]))
+    pair = await asyncio.to_thread(services().auth.refresh, body["refresh_token"])
+    audit_note(request.scope, actor=pair.username, role=pair.role)
+    return _pair(pair)
 
 
 async def logout(body: Json) -> Response:
-    services().auth.logout(body["refresh_token"])
+    username = await asyncio.to_thread(services().auth.logout, body["refresh_token"])
+    if username is not None:
+        audit_note(request.scope, actor=username)
     return no_content()
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.responses import Response
 
 from backends import scenario as scenarios
 from backends.base import NotFound
 from backends.sim import Fault, SimulatedBackend
-from handlers._common import Json, backend, host_json, ok, require_admin
+from handlers._common import Json, backend, host_json, ok, require_admin, services
 
 
 def _sim() -> SimulatedBackend:
@@ -24,6 +26,8 @@ async def get_state() -> Response:
 async def reset() -> Response:
     sim = _sim()
     sim.reset()
+    # Back to the start includes login throttling (sessions stay: the caller keeps its token).
+    await asyncio.to_thread(services().auth.reset_throttling)
     return ok(sim.summary())
 
 

@@ -13,6 +13,8 @@ LIBVIRT_PYTHON_VERSION="${LIBVIRT_PYTHON_VERSION:-12.8.0}"
 APT_PKGS=(
   libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86
   libvirt-clients iproute2 pkg-config
+  # the store tests start their own PostgreSQL (initdb + pg_ctl)
+  postgresql
   # needed to build libvirt-python from its sdist (no wheels on PyPI)
   gcc python3-dev
   # mount/unshare/nsenter

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -15,6 +17,7 @@ from cockpit_api.config import Settings
 
 # Headless Chromium for any test that asks for `browser`, `context` or `page`.
 from tests.browser import browser, context, page  # noqa: F401
+from tests.pg import Postgres, pg_bin, running_postgres
 
 # Every request of the suite goes through the compiled pipeline; this also checks each
 # one's handler arguments against Connexion's own get_arguments (cockpit_api/pipeline.py).
@@ -27,6 +30,38 @@ NODE1 = "019e0014-abcd-7057-b326-000000000001"
 NODE2 = "019e0014-ffff-7057-b326-000000000002"
 NODE3 = "019e0014-1a2b-7057-b326-000000000003"
 NODE4 = "019e0014-dead-7057-b326-000000000004"  # disconnected in the default scenario
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Servers started by tests keep their state in a temporary directory, never in $HOME."""
+    home = tmp_path_factory.mktemp("xdg-state")
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One real PostgreSQL for the session (skipped only when its binaries are absent)."""
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed: "
+                    "apt-get install postgresql (make test does it as root)")
+    with running_postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store on each engine: the same tests run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    pg: Postgres = request.getfixturevalue("postgres")
+    return pg.new_database()
 
 
 class FakeClock:

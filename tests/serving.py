@@ -41,13 +41,25 @@ class Server:
 
 @contextlib.contextmanager
 def serve_process(argv: list[str], port: int, timeout: float = 30.0, *, scheme: str = "http",
-                  verify: Any = True, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """``verify``: what httpx checks the server's certificate with (an SSLContext for TLS)."""
-    env = {**os.environ, "COCKPIT_JWT_SECRET": "served-test-secret-of-at-least-32-bytes!",
-           **(env or {})}
+                  verify: Any = True,
+                  env: dict[str, str | None] | None = None) -> Iterator[Server]:
+    """Run ``argv`` until it serves. ``env`` adds (or, with None, removes) variables.
+
+    ``verify``: what httpx checks the server's certificate with (an SSLContext for TLS).
+    Unless ``env`` names one, the process keeps its state in a temporary
+    directory of its own (``COCKPIT_STATE_DIR``): tests never write to $HOME.
+    """
+    full = dict(os.environ, COCKPIT_JWT_SECRET="served-test-secret-of-at-least-32-bytes!")
+    state = tempfile.TemporaryDirectory(prefix="cockpit-state-")
+    full["COCKPIT_STATE_DIR"] = state.name
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
     # A file, not a pipe: a server that logs a lot must never block on a full pipe.
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT,
                             text=True)
     server = Server(f"{scheme}://127.0.0.1:{port}", proc.pid, log)
     try:
@@ -71,13 +83,15 @@ def serve_process(argv: list[str], port: int, timeout: float = 30.0, *, scheme: 
             proc.kill()
             proc.wait()
         log.close()
+        state.cleanup()
 
 
 @contextlib.contextmanager
-def served(*args: str, timeout: float = 30.0) -> Iterator[str]:
+def served(*args: str, timeout: float = 30.0,
+           env: dict[str, str | None] | None = None) -> Iterator[str]:
     """Yield the base URL (``http://127.0.0.1:PORT``) of a fresh `cockpit-api serve`."""
     port = free_port()
     argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port),
             "--log-level", "warning", *args]
-    with serve_process(argv, port, timeout) as server:
+    with serve_process(argv, port, timeout, env=env) as server:
         yield server.base

@@ -68,7 +68,8 @@ def _forge(claims: dict[str, object], secret: str = SECRET, alg: str = "HS256") 
 
 def _good_claims(**over: object) -> dict[str, object]:
     c: dict[str, object] = {"sub": "admin", "role": "admin", "iat": int(T0), "exp": int(T0) + 60,
-                            "jti": "x", "iss": "cockpit-api", "aud": "cockpit-api", "typ": "access"}
+                            "jti": "x", "sid": "s", "iss": "cockpit-api", "aud": "cockpit-api",
+                            "typ": "access"}
     c.update(over)
     return c
 

@@ -45,7 +45,8 @@ def test_health_and_readiness_need_no_token(client: TestClient) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json() == {"status": "ready", "checks": {"backend": "ok"}}
+    assert r.status_code == 200 and r.json() == {"status": "ready",
+                                            "checks": {"backend": "ok", "store": "ok"}}
     assert client.get("/healthz?verbose=1").status_code == 400  # strict, like the API
 
 

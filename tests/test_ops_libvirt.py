@@ -36,7 +36,7 @@ def test_ready_once_a_host_is_connected_and_libvirt_calls_are_timed(tmp_path: Pa
     app = libvirt_app(libvirt_settings(host_configs(tmp_path), tmp_path / "hosts.json"), backend)
     with TestClient(app) as client:
         poll(lambda: client.get("/readyz").status_code == 200, timeout=15)
-        assert client.get("/readyz").json()["checks"] == {"backend": "ok"}
+        assert client.get("/readyz").json()["checks"] == {"backend": "ok", "store": "ok"}
         samples = poll(lambda: (s := _samples(client)).get(
             ("cockpit_libvirt_call_duration_seconds_count",
              frozenset({"call": "list domains", "outcome": "ok"}.items())), 0) and s, timeout=15)
