@@ -274,6 +274,12 @@ class Server:
 
     def start(self) -> Server:
         env = dict(os.environ, **(self.env or {}))
+        # Each server keeps its store in the run's temporary folder, never in $HOME.
+        env.setdefault("COCKPIT_STATE_DIR", str(self.log.with_suffix(".state")))
+        # The login phase sends 32 concurrent correct logins for one user from one address;
+        # attempts count toward throttling while in flight (by design), so raise the limits.
+        env.setdefault("COCKPIT_MAX_FAILURES_PER_USER", "1000000")
+        env.setdefault("COCKPIT_MAX_FAILURES_PER_ADDRESS", "1000000")
         with open(self.log, "wb") as log:
             self.started_at = time.perf_counter()
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,

@@ -231,7 +231,8 @@ class Settings:
             ("tls_key", str), ("log_format", str), ("access_log", _boolean),
             ("metrics_token", str), ("sandbox_max", int), ("sandbox_ttl", int),
             ("cors_origins", _csv), ("cors_allow_headers", _csv), ("cors_credentials", _boolean),
-            ("state_dir", str), ("store_url", str),
+            ("state_dir", str), ("store_url", str), ("max_failures_per_user", int),
+            ("max_failures_per_address", int),
             *((name, int) for name in _INT_LIMITS),
             *((name, float) for name in _FLOAT_LIMITS))
         for key, conv in conversions:

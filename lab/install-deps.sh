@@ -23,6 +23,8 @@ APT_PKGS=(
   python3
   # headless browser for the dashboard tests (tests/browser.py; Playwright drives it)
   chromium
+  # load generator for the bench harness smoke test (tests/test_bench.py)
+  wrk
 )
 
 if [ "$(id -u)" -ne 0 ]; then
