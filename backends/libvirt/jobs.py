@@ -392,6 +392,10 @@ class Migrations:
                 stats = None  # no job statistics here (the test driver): no migration job
             if calls.is_migrating_out(stats):
                 job.take_progress(stats or {})
+                if job.status == "initiated":
+                    # Its owner died before writing `running`: libvirt's word is that it runs.
+                    job.status, job.started_at = "running", job.started_at or time.time()
+                    self.jobs.changed(job)
                 return None
             try:
                 await hosts.refresh(src, job.vm_id)
