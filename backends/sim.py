@@ -49,6 +49,7 @@ from backends.base import (
     Vm,
     VmFilter,
     VmStatus,
+    dry_run_job,
 )
 from backends.inventory import Inventory, JobTable, ResetObserver
 
@@ -378,57 +379,72 @@ class SimulatedBackend:
 
     # ------------------------------------------------------------ actions
 
-    async def vm_action(self, vm_id: str, action: ActionName, force: bool) -> Vm:
+    async def vm_action(self, vm_id: str, action: ActionName, force: bool,
+                        dry_run: bool = False) -> Vm:
         self._settle()
         s = self._s
         vm = s.inv.get_vm(vm_id)
-        self._take_fault("action", vm)
+        self._take_fault("action", vm, dry_run=dry_run)
         self._require_host(vm.host_id)
         if vm.migration_id is not None:
             raise Conflict(f"VM {vm.name} is migrating ({vm.migration_id})", code="vm_migrating")
-        t = self.now()
-        guest = s.guests[vm.id]
+        do = self._plan_action(vm, action, force)
+        # A dry run has made every check the real call makes (each refusal raised above):
+        # the VM is answered as it is, and nothing is applied.
+        return vm if dry_run else do(self.now())
+
+    def _plan_action(self, vm: Vm, action: ActionName, force: bool) -> Callable[[float], Vm]:
+        """Refuse what QEMU refuses (Conflict); else what the action does, applied at ``t``."""
+        guest = self._s.guests[vm.id]
         active = vm.status in ACTIVE_STATUSES
         if action == "start":
             if active:
                 raise Conflict("domain is already running", code="vm_running")
-            return self._set_status(vm, "running", t)
+            return lambda t: self._set_status(vm, "running", t)
         if not active:
             raise Conflict("domain is not running", code="vm_not_running")
         if action == "stop":
             if force:
-                return self._power_off(vm, t)
+                return lambda t: self._power_off(vm, t)
             # ACPI shutdown: accepted now, acted on by the guest later (or never).
             # QEMU refuses it for a paused guest, which could not act on it.
             if vm.status == "paused":
                 raise Conflict("domain is paused: resume it first, or stop it with force",
                                code="vm_paused")
-            self._schedule_shutdown(vm, t)
-            return vm
+
+            def shutdown(t: float) -> Vm:
+                self._schedule_shutdown(vm, t)
+                return vm
+            return shutdown
         if action == "restart":
             # The guest's OS restarts inside, which forgets a pending ACPI shutdown. A
             # reset leaves libvirt's state as it was; a reboot (ACPI) wakes a guest that
             # is suspended to RAM or blocked, but not a paused one: its vCPUs are stopped.
             if force or vm.status == "paused":
-                guest.epoch += 1
-                return vm
-            return self._set_status(vm, "running", t)
+                def forget(t: float) -> Vm:
+                    guest.epoch += 1
+                    return vm
+                return forget
+            return lambda t: self._set_status(vm, "running", t)
         if action == "suspend":
             if vm.status == "pmsuspended":
                 raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
             # Suspending a paused domain is a no-op in QEMU's driver.
-            return vm if vm.status == "paused" else self._set_status(vm, "paused", t)
+            if vm.status == "paused":
+                return lambda t: vm
+            return lambda t: self._set_status(vm, "paused", t)
         if action == "resume":
             if vm.status == "pmsuspended":
                 raise Conflict("cannot resume a domain in pmsuspended state", code="vm_pmsuspended")
             if vm.status != "paused":
                 # QEMU refuses to resume a running domain; the API makes it a no-op so
                 # that "make sure it runs" is idempotent on every driver.
-                return vm
-            return self._set_status(vm, "running", t)
+                return lambda t: vm
+            return lambda t: self._set_status(vm, "running", t)
         raise InvalidArgument(f"unknown action {action}", code="bad_action")
 
-    async def migrate(self, vm_id: str, request: MigrationRequest) -> Migration:
+    async def migrate(self, vm_id: str, request: MigrationRequest,
+                      dry_run: bool = False) -> Migration:
         self._settle()
         s = self._s
         vm = s.inv.get_vm(vm_id)
@@ -436,7 +452,7 @@ class SimulatedBackend:
         if dest is None:
             raise NotFound(f"no host with id {request.destination_host_id}",
                            code="host_not_found")
-        fault = self._take_fault("migrate", vm, dest.id)
+        fault = self._take_fault("migrate", vm, dest.id, dry_run=dry_run)
         self._require_host(vm.host_id)
         if vm.migration_id is not None:
             raise Conflict(f"VM {vm.name} is already migrating ({vm.migration_id})",
@@ -451,6 +467,8 @@ class SimulatedBackend:
         if vm.status == "pmsuspended":
             raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
         t = self.now()
+        if dry_run:
+            return dry_run_job(vm, request, t)
         guest = s.guests[vm.id]
         total = vm.memory_mib * MIB
         if request.live:
@@ -578,12 +596,15 @@ class SimulatedBackend:
         if host.status != "connected":
             raise Unavailable(f"host {host.hostname} is disconnected", code="host_disconnected")
 
-    def _take_fault(self, operation: str, vm: Vm, destination: str | None = None) -> Fault | None:
+    def _take_fault(self, operation: str, vm: Vm, destination: str | None = None,
+                    dry_run: bool = False) -> Fault | None:
+        """The armed fault this call meets, used up by it (a dry run meets it, uses nothing)."""
         for fault in self.faults:
             if fault.matches(operation, vm, destination):
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    self.faults.remove(fault)
+                if not dry_run:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self.faults.remove(fault)
                 if fault.mode == "reject":
                     err: BackendError
                     if fault.status == 409:

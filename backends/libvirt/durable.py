@@ -121,6 +121,16 @@ class Durable:
         await self._call(self.store.create_job, record_of(job, self.me))
         self._saved[job.id] = _state(job)
 
+    async def check_free(self, vm_id: str) -> None:
+        """What :meth:`create` would refuse, without writing: a dry run's check of the store."""
+        if self.store is None:
+            return
+        for rec in await self.unfinished():
+            if rec.vm_id == vm_id:
+                from cockpit_api.store import JobConflict
+
+                raise JobConflict(vm_id, rec.id)
+
     async def records(self) -> list[JobRecord]:
         if self.store is None:
             return []
