@@ -1,4 +1,4 @@
-"""``cockpit-api``: serve the API, hash passwords, check a deployment's conformance."""
+"""``cockpit-api``: serve the API, hash passwords, check a deployment (conformance, twin)."""
 
 from __future__ import annotations
 
@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cockpit_api import conformance
 
     conformance.add_parser(sub)
+    from cockpit_api import twin
+
+    twin.add_parser(sub)
     return parser
 
 
