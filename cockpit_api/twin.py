@@ -254,6 +254,10 @@ class World:
     def settle(self, horizon: float) -> None:
         """Let what is pending happen (the twin: move its clock until nothing is due)."""
 
+    def lose_host(self, host_id: str, lost: bool) -> None:
+        """The twin's side of a fault script: the host drops off (True) or is back."""
+        raise NotImplementedError
+
     def close(self) -> None:
         return None
 
@@ -324,6 +328,9 @@ class EmbeddedTwin(World):
                 return
             self.sim.advance(max(0.0, due - self.sim.now()))
 
+    def lose_host(self, host_id: str, lost: bool) -> None:
+        self.sim.set_host_status(host_id, "disconnected" if lost else "connected")
+
     def reload(self, scenario: Json) -> EmbeddedTwin:
         """The same app over a new scenario (an app per example would cost ~0.5 s each)."""
         self.sim.reset(self._load(scenario))
@@ -381,6 +388,12 @@ class ServedTwin(World):
         while state["pending_events"] and moved < horizon:
             state = self._clock(self.STEP)
             moved += self.STEP
+
+    def lose_host(self, host_id: str, lost: bool) -> None:
+        what = "disconnect" if lost else "reconnect"
+        r = self._control.call("POST", f"/hosts/{host_id}/{what}")
+        if r.status != 200:
+            raise CannotStart(f"the mock did not {what} {host_id}: {r.status} {r.code or ''}")
 
     def close(self) -> None:
         with contextlib.suppress(httpx.HTTPError):
