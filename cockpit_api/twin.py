@@ -100,6 +100,7 @@ class Api:
         self.username, self.password = username, password
         self.pacer = pacer or Pacer(None, None)
         self.requests = 0
+        self.renewals = 0  # 401s answered by refreshing the session (or logging in again)
         self._refresh: str | None = None
         self._token: str | None = None
 
@@ -118,6 +119,7 @@ class Api:
         return other
 
     def _renew(self) -> None:
+        self.renewals += 1
         if self._refresh:
             r = self._send("POST", "/auth/refresh", json={"refresh_token": self._refresh},
                            auth=False)
@@ -557,7 +559,8 @@ def report(result: Any, api: str, names: dict[str, str], left: dict[str, str]) -
     """The run as markdown: verdict, divergences and their reproduction, time ratios."""
     lines = [f"# cockpit-api twin: {api}", ""]
     lines.append(f"- steps run: {result.steps} (over {result.examples} example(s)); "
-                 f"requests to the deployment: {result.requests}")
+                 f"requests to the deployment: {result.requests} (session renewed after a "
+                 f"401: {result.renewals} time(s))")
     if result.failure is None:
         lines.append("- **no divergence**" + (
             f" ({len(result.known)} known difference(s) seen)" if result.known else ""))

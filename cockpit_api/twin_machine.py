@@ -71,6 +71,7 @@ class Result:
     examples: int = 0
     tries: int = 0
     requests: int = 0
+    renewals: int = 0
     failure: Failure | None = None
     known: list[tuple[Known, Divergence]] = field(default_factory=list)
     times: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
@@ -260,7 +261,7 @@ def build_machine(deployment: Deployment, make_twin: Callable[[Json], World],
         "read_host": {"host": st.sampled_from(hosts)},
     }
     # Drawn from with these weights (repeats): writes are what the check is for.
-    KINDS = ("act",) * 4 + ("migrate",) * 3 + ("wait", "job", "dry_run_action",
+    KINDS = ("act",) * 4 + ("migrate",) * 4 + ("wait", "job", "dry_run_action",
                                                 "dry_run_migrate", "read_vm", "read_host")
 
     class TwinCheck(RuleBasedStateMachine):
@@ -295,6 +296,7 @@ def build_machine(deployment: Deployment, make_twin: Callable[[Json], World],
 
         def teardown(self) -> None:
             result.requests = deployment.api.requests
+            result.renewals = deployment.api.renewals
 
         # ---- the one step procedure
 

@@ -24,13 +24,15 @@ DATA = Path(__file__).resolve().parent / "data"
 SPEED = 10  # the served mock's clock: ten virtual seconds per second of wall time
 
 
-def _serve() -> Any:
-    return served("--scenario", str(DATA / "twin-scenario.yaml"), "--speed", str(SPEED))
+def _serve(**env: str | None) -> Any:
+    return served("--scenario", str(DATA / "twin-scenario.yaml"), "--speed", str(SPEED),
+                  env=env)
 
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[str]:
-    with _serve() as base:
+    # Access tokens live 4 s: the runs below outlive several, so the twin must refresh.
+    with _serve(COCKPIT_TOKEN_TTL="4") as base:
         yield base
 
 
@@ -65,6 +67,8 @@ def test_the_twin_of_a_mock_does_not_diverge(deployment: str, tmp_path: Path,
     for kind in ("| migrate", "| wait"):
         assert kind in text, text
     assert "failures=\"0\"" in (tmp_path / "twin.xml").read_text(encoding="utf-8")
+    renewed = int(text.split("401: ")[1].split(" ")[0])
+    assert renewed >= 1, text
 
 
 def test_a_divergence_fails_with_a_shrunk_reproduction(fresh_deployment: str, tmp_path: Path,
