@@ -70,14 +70,16 @@ class Pacer:
     """At most ``rate`` requests a second (None: no limit), and a deadline for the run."""
 
     def __init__(self, rate: float | None, deadline: float | None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.gap = 1.0 / rate if rate else 0.0
         self.deadline = deadline
         self.sleep = sleep
+        self.clock = clock
         self._next = 0.0
 
     def wait(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self.deadline is not None and now > self.deadline:
             raise TimeUp("the run's time budget (--max-time) is spent")
         if self._next > now:

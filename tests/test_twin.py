@@ -148,3 +148,49 @@ def test_the_known_differences_file_explains_every_entry() -> None:
             break
     else:
         pytest.fail("the paused guest's reboot is not in the known differences")
+
+
+def test_the_end_leaves_every_canary_settled_and_says_where(tmp_path: Path) -> None:
+    """What Ctrl-C (and the end of a run) does: this run's unfinished migration is
+    cancelled, waited for, and each canary's state is told. The mock's clock is frozen,
+    so the migration would never end on its own."""
+    import httpx
+
+    from cockpit_api import twin_machine
+
+    with served("--scenario", str(DATA / "twin-scenario.yaml"), "--speed", "0") as base, \
+            httpx.Client(timeout=30) as http:
+        api = twin.Api(http, f"{base}/api/v1", "admin", "admin")
+        api.login()
+        vms = {v["name"]: v for v in api.all("/vms", "vms")[0]}
+        hosts = {h["hostname"]: h["id"] for h in api.all("/hosts", "hosts")[0]}
+        r = api.call("POST", f"/vms/{vms['canary-01']['id']}/migrate",
+                     json={"destination_host_id": hosts["node-b"]})
+        assert r.status == 202
+        result = twin_machine.Result(real_jobs=[r.body["migration_id"]])
+        left = twin_machine.leave_settled(twin.Deployment(api),
+                                          [vms["canary-01"]["id"], vms["canary-02"]["id"]],
+                                          result, timeout=10)
+        assert api.get(f"/migrations/{r.body['migration_id']}").body["status"] == "cancelled"
+    assert left == {vms["canary-01"]["id"]: "running on node-a",
+                    vms["canary-02"]["id"]: "shutoff on node-a"}
+
+
+def test_the_pacer_keeps_to_the_rate_and_the_budget() -> None:
+    slept: list[float] = []
+    clock = [100.0]
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 3))
+        clock[0] += seconds
+
+    pacer = twin.Pacer(5.0, None, sleep=sleep, clock=lambda: clock[0])
+    for _ in range(4):
+        pacer.wait()
+    assert slept == [0.2, 0.2, 0.2]  # 5 requests a second: one every 0.2 s
+    clock[0] += 10  # idle for a while: no burst owed, no sleep
+    pacer.wait()
+    assert slept == [0.2, 0.2, 0.2]
+    pacer.deadline = clock[0] - 1
+    with pytest.raises(twin.TimeUp):
+        pacer.wait()
