@@ -105,6 +105,7 @@ class Api:
         self.renewals = 0  # 401s answered by refreshing the session (or logging in again)
         self._refresh: str | None = None
         self._token: str | None = None
+        self._parent: Api | None = None
 
     def login(self) -> None:
         r = self._send("POST", "/auth/login",
@@ -115,13 +116,20 @@ class Api:
         self._token, self._refresh = r.body["token"], r.body["refresh_token"]
 
     def sibling(self, root: str) -> Api:
-        """The same session at another root (a control plane next to /api/v1)."""
+        """The same session at another root (a control plane next to /api/v1): it renews
+        through this one's /api/v1."""
         other = Api(self.client, root, self.username, self.password, self.pacer)
         other._token, other._refresh = self._token, self._refresh
+        other._parent = self
         return other
 
     def _renew(self) -> None:
         self.renewals += 1
+        if self._parent is not None:
+            if self._parent._token == self._token:  # the parent has not renewed yet
+                self._parent._renew()
+            self._token, self._refresh = self._parent._token, self._parent._refresh
+            return
         if self._refresh:
             r = self._send("POST", "/auth/refresh", json={"refresh_token": self._refresh},
                            auth=False)

@@ -194,3 +194,15 @@ def test_the_pacer_keeps_to_the_rate_and_the_budget() -> None:
     pacer.deadline = clock[0] - 1
     with pytest.raises(twin.TimeUp):
         pacer.wait()
+
+
+def test_a_twin_in_a_sandbox_of_a_served_mock(deployment: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--mock-url: the twin is a sandbox (frozen clock, moved by the control plane) on a
+    served mock, here the deployment's own server, over HTTP."""
+    monkeypatch.setenv("COCKPIT_MOCK_PASSWORD", "admin")
+    code, text = run_twin(deployment, tmp_path, monkeypatch, "--mock-url", deployment,
+                          steps=15, seed=3)
+    print(text)
+    assert code == 0, text
+    assert "**no divergence**" in text
