@@ -1,4 +1,4 @@
-"""``cockpit-api``: serve the API, hash passwords, check a deployment's conformance."""
+"""``cockpit-api``: serve the API, hash passwords, check a deployment's conformance, snapshot it."""
 
 from __future__ import annotations
 
@@ -213,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(rk)
     rk.set_defaults(func=_rotate_key)
 
-    from cockpit_api import conformance
+    from cockpit_api import conformance, snapshot
 
     conformance.add_parser(sub)
+    snapshot.add_parser(sub)
     return parser
 
 
