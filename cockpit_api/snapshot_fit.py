@@ -11,6 +11,7 @@ VM's noise is narrowed rather than cut off at 100 %).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -128,7 +129,7 @@ def model_bytes(memory_mib: int, live: bool, copy_storage: str) -> int:
 
 def fit_links(jobs: Iterable[Mapping[str, Any]],
               memory_of: Mapping[str, int]) -> list[dict[str, Any]]:
-    """Per host pair: the bandwidth and setup time that replay its completed jobs' durations.
+    """Per host pair: the bandwidth and setup time of its typical (median) completed job.
 
     ``jobs`` are scenario migration entries (durations already rounded to the
     millisecond, as written, so that a served snapshot fits the same numbers);
@@ -144,10 +145,11 @@ def fit_links(jobs: Iterable[Mapping[str, Any]],
             (size, float(j["setup_seconds"]), float(j["copy_seconds"])))
     links = []
     for (src, dst), runs in sorted(pairs.items()):
-        copy = sum(c for _, _, c in runs)
+        # Medians: a pair's first migration is often cold (the destination's first incoming
+        # QEMU) and one slow job should not make every mock migration slow.
+        rates = [size / copy for size, _, copy in runs if copy > 0]
         link: dict[str, Any] = {"source": src, "destination": dst}
-        link["bandwidth_bytes_per_s"] = _sig3(sum(s for s, _, _ in runs) / copy) if copy > 0 \
-            else None
-        link["setup_seconds"] = round(sum(u for _, u, _ in runs) / len(runs), 3)
+        link["bandwidth_bytes_per_s"] = _sig3(statistics.median(rates)) if rates else None
+        link["setup_seconds"] = round(statistics.median(u for _, u, _ in runs), 3)
         links.append(link)
     return links

@@ -294,7 +294,7 @@ def _wait_listening(port: int) -> None:
     raise AssertionError(f"nothing listens on {port}")
 
 
-@pytest.mark.parametrize("after", [1, 6])  # the VM list itself; a VM's metrics, midway
+@pytest.mark.parametrize("after", [1, 6])  # the host list itself; a VM's metrics, midway
 def test_a_read_failing_midway(tmp_path: Path, after: int) -> None:
     port = free_port()
     argv = [sys.executable, "-m", "tests.snapshot_broken_server", str(port), str(after)]
