@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,16 +155,54 @@ def load(source: str | Path | dict[str, Any] | list[Any]) -> Scenario:
             path = SCENARIO_DIR / f"{source}.yaml"
         if not path.exists():
             raise InvalidArgument(f"no scenario file {source}", code="scenario_not_found")
-        text = path.read_text(encoding="utf-8")
-        # libyaml when there is one: a snapshot of 100,000 VMs parses in seconds, not minutes.
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=loader)
+        data = read_data(path)
     if not isinstance(data, dict):
         raise InvalidArgument("a scenario is a mapping", code="bad_scenario")
     try:
         return _parse(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidArgument(f"bad scenario: {exc!r}", code="bad_scenario") from None
+
+
+def read_data(path: Path) -> Any:
+    """A scenario file's data, unchecked: JSON, a snapshot's JSON lines, or YAML."""
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else _json_lines(text)
+    if data is None:
+        # libyaml when there is one: several times faster than PyYAML's own parser.
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return data
+
+
+_TOP = re.compile(r"([a-z_]+):(?: (.*))?")
+
+
+def _json_lines(text: str) -> dict[str, Any] | None:
+    """A file as ``cockpit-api snapshot`` writes it (``key: JSON`` and ``  - {JSON}`` lines
+    after comments), read as JSON: 20 times faster than YAML for 100,000 VMs. Anything
+    else is None, and read as YAML (JSON lines are YAML, so both read the same data).
+    """
+    data: dict[str, Any] = {}
+    items: list[Any] | None = None
+    try:
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("  - {"):
+                if items is None:
+                    return None
+                items.append(json.loads(line[4:]))
+                continue
+            m = _TOP.fullmatch(line)
+            if m is None:
+                return None
+            if m[2] is None:
+                items = data[m[1]] = []
+            else:
+                data[m[1]], items = json.loads(m[2]), None
+    except ValueError:
+        return None
+    return data
 
 
 def _parse(data: dict[str, Any]) -> Scenario:

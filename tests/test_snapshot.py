@@ -138,6 +138,8 @@ def test_a_snapshot_is_deterministic_and_loads_as_a_scenario(source: Server, fir
     assert len(sc.vms) == 14 and len(sc.hosts) == 4 and len(sc.migrations) == 1
     text = first.read_text(encoding="utf-8")
     assert "password_hash" not in text and "token" not in text
+    # The loader's fast path (JSON lines) reads exactly what YAML reads.
+    assert scenarios._json_lines(text) == yaml.safe_load(text)
     # Also to stdout, the same bytes.
     p = snapshot(source.base)
     assert p.returncode == 0 and p.stdout == text
