@@ -305,3 +305,69 @@ def test_a_read_failing_midway(tmp_path: Path, after: int) -> None:
         out.parent.mkdir()
         p = snapshot(server.base, "-o", str(out))
         _one_line_exit_2(p, out, "failed: 500 (internal: the disk fell off)")
+
+
+# ---------------------------------------------------------------- fitting, in process
+
+
+def _played_back(guest: dict[str, Any], memory_mib: int = 4096) -> dict[str, float] | None:
+    """Serve one VM with ``guest`` in a simulator, read a whole day of its chart, fit it."""
+    import asyncio
+    from dataclasses import asdict
+
+    from backends.base import MetricsWindow
+    from backends.sim import SimulatedBackend, VirtualClock
+    from cockpit_api.snapshot_fit import fit_chart
+
+    sc = scenarios.load({"seed": 3, "hosts": [{"hostname": "a"}], "vms": [
+        {"id": WEB1, "name": "v", "host": "a", "status": "running", "memory_mib": memory_mib,
+         "guest": guest}]})
+    sim = SimulatedBackend(sc, VirtualClock(1_796_112_000.0, 0.0))
+    end = int(sim.now()) // 120 * 120
+    window = MetricsWindow.of(end - 719 * 120, end, 120, sim.now())
+    series = asyncio.run(sim.vm_metrics(WEB1, window))
+    assert len(series.points) == 720
+    return fit_chart([asdict(p) for p in series.points], memory_mib)
+
+
+@pytest.mark.parametrize("chart", [
+    {"cpu": 37.5, "amplitude": 0.3, "peak_hour": 9.0, "noise": 0.12, "memory_share": 0.61,
+     "disk_read_bps": 1.23e6, "disk_write_bps": 4.56e5, "net_rx_bps": 7.89e6, "net_tx_bps": 12.0},
+    {"cpu": 2.4, "amplitude": 0.0, "peak_hour": 14.0, "noise": 0.05, "memory_share": 0.2,
+     "disk_read_bps": 0.0, "disk_write_bps": 0.0, "net_rx_bps": 100.0, "net_tx_bps": 250.0},
+    {"cpu": 71.0, "amplitude": 0.25, "peak_hour": 23.0, "noise": 0.0, "memory_share": 0.85,
+     "disk_read_bps": 5e7, "disk_write_bps": 5e7, "net_rx_bps": 1e8, "net_tx_bps": 1e8},
+])
+def test_a_fitted_chart_plays_back_to_the_same_fit(chart: dict[str, float]) -> None:
+    assert _played_back(chart) == chart
+
+
+def test_a_chart_too_busy_to_play_back_is_narrowed_once() -> None:
+    # Mean 90 % swinging by 40 %: the peaks would clip at 100 %, so the fit narrows the
+    # swing and the noise, to values that then play back as themselves.
+    first = _played_back({"load": 0.9})
+    assert first is not None and first["cpu"] * (1 + first["amplitude"]) <= 100.0
+    assert _played_back(first) == first
+
+
+def test_host_pattern_and_users(source: Server, tmp_path: Path) -> None:
+    users = tmp_path / "users.yaml"
+    users.write_text("- {username: dev, password: dev-pass, role: admin}\n", encoding="utf-8")
+    out = tmp_path / "part.yaml"
+    p = snapshot(source.base, "--host-pattern", "^vapor-node-0[12]", "--users", str(users),
+                 "-o", str(out), "--window", "6h")
+    assert p.returncode == 0, p.stderr
+    data = yaml.safe_load(out.read_text(encoding="utf-8"))
+    names = {h["hostname"] for h in data["hosts"]}
+    assert names == {"vapor-node-01.corp.awan.io", "vapor-node-02.corp.awan.io"}
+    ids = {h["id"] for h in data["hosts"]}
+    every = Api(source.base).get("/api/v1/vms?limit=1000")["vms"]
+    assert {v["id"] for v in data["vms"]} == {v["id"] for v in every if v["host_id"] in ids}
+    assert data["users"] == [{"username": "dev", "password": "dev-pass", "role": "admin"}]
+    assert "# tool cockpit-api" in out.read_text(encoding="utf-8").splitlines()[1]
+    assert "window 21600 s" in out.read_text(encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {username: dev}\n", encoding="utf-8")
+    p = snapshot(source.base, "--users", str(bad), "-o", str(tmp_path / "never.yaml"))
+    assert p.returncode == 2 and "username, password, role" in p.stderr
+    assert not (tmp_path / "never.yaml").exists()
