@@ -228,7 +228,8 @@ def take_snapshot(base_url: str, username: str, password: str, *,
     """The scenario data of a deployment (see :func:`render` for the file).
 
     ``fit=False`` reads the state only (hosts, VMs, jobs): what ``--diff`` needs.
-    ``anonymize`` needs a ``salt`` (same input and salt, same pseudonyms).
+    ``anonymize`` re-derives names and ids from ``salt`` (same input and salt, same
+    pseudonyms; without one, a random salt).
     Raises :class:`SnapshotError` with a one-line reason.
     """
     say = progress or (lambda _msg: None)
@@ -245,9 +246,7 @@ def take_snapshot(base_url: str, username: str, password: str, *,
     if users is not None:
         data["users"] = users
     if anonymize:
-        if not salt:
-            raise SnapshotError("--anonymize needs a salt")
-        data = _anonymize(data, salt)
+        data = _anonymize(data, salt or secrets.token_hex(16))
     return data
 
 
@@ -267,7 +266,7 @@ def _read(api: _Api, window: int, rx: re.Pattern[str] | None, metrics_vms: int,
                                 "id, hostname, status, cpus, memory_mib or sync_cursor") from None
     say(f"snapshot: {len(hosts)} hosts")
     host_ids = {h["id"] for h in hosts}
-    vms: list[dict[str, Any]] = []
+    by_id: dict[str, dict[str, Any]] = {}
     sources: list[Iterator[Any]]
     if rx is None:
         sources = [api.pages("/vms", "vms")]
@@ -279,10 +278,14 @@ def _read(api: _Api, window: int, rx: re.Pattern[str] | None, metrics_vms: int,
             vm = _vm(api, v)
             if vm["host"] not in host_ids:
                 continue
-            vms.append(vm)
+            # Keyed by id: a VM that moves between two page reads is listed twice (once
+            # per host); the later read wins.
+            by_id[vm["id"]] = vm
             if time.monotonic() - last > 1.0:
-                say(f"snapshot: {len(vms)} VMs")
+                say(f"snapshot: {len(by_id)} VMs")
                 last = time.monotonic()
+    vms = list(by_id.values())
+    del by_id
     say(f"snapshot: {len(vms)} VMs")
     memory_of = {v["id"]: v["memory_mib"] for v in vms}
     jobs = [j for j in (_job(api, m) for m in api.pages("/migrations", "migrations"))
@@ -548,29 +551,25 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _load_snapshot(path: Path) -> dict[str, Any]:
+    """A scenario file (a snapshot or any other) as the data :func:`diff` compares."""
+    from backends import scenario as scenarios
+    from backends.base import BackendError
+
+    if not path.is_file():
+        raise SnapshotError(f"no scenario file {path}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SnapshotError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        data = yaml.load(text, Loader=loader)
-    except yaml.YAMLError:
-        raise SnapshotError(f"{path} is not YAML") from None
-    if not isinstance(data, dict) or not isinstance(data.get("vms", []), list) \
-            or not isinstance(data.get("hosts", []), list):
-        raise SnapshotError(f"{path} is not a scenario (a mapping with hosts and vms)")
-    try:
-        hosts = {str(h.get("hostname")): str(h.get("id")) for h in data.get("hosts") or []}
-        for v in data.get("vms") or []:
-            v["host"] = hosts.get(str(v["host"]), str(v["host"]))  # a hostname -> its id
-            v.setdefault("status", "shutoff")
-            v.setdefault("vcpus", 2)
-            v.setdefault("memory_mib", 2048)
-            v.setdefault("persistent", True)
-    except (AttributeError, KeyError, TypeError):
-        raise SnapshotError(f"{path} is not a scenario: a VM lacks its host") from None
-    return data
+        sc = scenarios.load(path)
+    except BackendError as exc:
+        raise SnapshotError(f"{path} is not a scenario: {_one_line(exc)}") from None
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise SnapshotError(f"cannot read {path}: {_one_line(exc)[:160]}") from None
+    return {
+        "hosts": [{"id": h.id, "hostname": h.hostname, "status": h.status, "cpus": h.cpus,
+                   "memory_mib": h.memory_mib} for h in sc.hosts],
+        "vms": [{"id": v.id, "name": v.name, "host": v.host_id, "status": v.status,
+                 "vcpus": v.vcpus, "memory_mib": v.memory_mib, "persistent": v.persistent}
+                for v in sc.vms],
+    }
 
 
 # ---------------------------------------------------------------- the command
@@ -664,8 +663,9 @@ def _run(args: argparse.Namespace, say: Progress) -> int:
     salt = args.salt
     if args.diff is not None:
         old = _load_snapshot(args.diff)
-        anonymized = "anonymized" in args.diff.read_text(encoding="utf-8").split("\n", 2)[1] \
-            if args.diff.stat().st_size else False
+        with args.diff.open(encoding="utf-8") as f:
+            head = [f.readline() for _ in range(2)]
+        anonymized = head[0].startswith("# cockpit-api snapshot") and "anonymized" in head[1]
         if anonymized and not salt:
             raise SnapshotError(f"{args.diff} is anonymized: give the same --salt")
         new = take_snapshot(args.base_url, args.username, password, anonymize=anonymized,

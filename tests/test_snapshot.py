@@ -148,15 +148,17 @@ def test_a_snapshot_is_deterministic_and_loads_as_a_scenario(source: Server, fir
 def test_a_sandbox_and_the_control_plane_take_a_snapshot_inline(source: Server,
                                                                 first: Path) -> None:
     data = yaml.safe_load(first.read_text(encoding="utf-8"))
-    with _serve() as server:
-        api = Api(server.base)
-        box = api.post("/_sim/sandboxes", {"scenario": data, "speed": 0})
-        inner = Api(server.base + box["path"])
-        assert {v["id"]: v["host_id"] for v in inner.get("/api/v1/vms?limit=1000")["vms"]} == \
-            {v["id"]: v["host"] for v in data["vms"]}
-        assert len(inner.get("/api/v1/migrations")["migrations"]) == 1
-        api.post("/_sim/scenario", {"data": data})
-        assert api.get(f"/api/v1/vms/{WEB1}")["host_id"] == NODE2
+    api = Api(source.base)
+    box = api.post("/_sim/sandboxes", {"scenario": data, "label": "inline snapshot"})
+    inner = Api(source.base + box["path"])
+    assert {v["id"]: v["host_id"] for v in inner.get("/api/v1/vms?limit=1000")["vms"]} == \
+        {v["id"]: v["host"] for v in data["vms"]}
+    assert len(inner.get("/api/v1/migrations")["migrations"]) == 1
+    other = api.post("/_sim/sandboxes", {"label": "default, then the snapshot"})
+    inner = Api(source.base + other["path"])
+    assert inner.get(f"/api/v1/vms/{WEB1}")["host_id"] != NODE2
+    inner.post("/_sim/scenario", {"data": data})
+    assert inner.get(f"/api/v1/vms/{WEB1}")["host_id"] == NODE2
 
 
 def test_anonymize_leaves_no_source_name_or_id(source: Server, tmp_path: Path) -> None:
@@ -189,35 +191,37 @@ def test_anonymize_leaves_no_source_name_or_id(source: Server, tmp_path: Path) -
         sorted(v["status"] for v in api.get("/api/v1/vms?limit=1000")["vms"])
 
 
-def test_diff_reports_each_kind_of_change(tmp_path: Path) -> None:
-    with _serve() as server:
-        api = Api(server.base)
-        snap = tmp_path / "before.yaml"
-        assert snapshot(server.base, "-o", str(snap)).returncode == 0
-        p = snapshot(server.base, "--diff", str(snap))
-        assert (p.returncode, p.stdout) == (0, ""), p.stderr
-        _migrate(api, WEB1, NODE2)  # moved
-        api.post(f"/api/v1/vms/{DB1}/action", {"action": "stop", "force": True})  # state
-        api.post("/_sim/hosts/019e0014-1a2b-7057-b326-000000000003/disconnect", None)  # host
-        # VMs added and removed: the file forgets one VM and names one that never was.
-        data = yaml.safe_load(snap.read_text(encoding="utf-8"))
-        gone = next(v for v in data["vms"] if v["name"] == "monitoring-01")
-        data["vms"].remove(gone)
-        data["vms"].append(dict(gone, id="00000000-0000-4000-8000-000000000001",
-                                name="ghost-01"))
-        edited = tmp_path / "edited.yaml"
-        edited.write_text(yaml.safe_dump(data), encoding="utf-8")
-        p = snapshot(server.base, "--diff", str(edited))
-        assert p.returncode == 1, p.stderr
-        lines = p.stdout.splitlines()
-        assert "VM moved: web-frontend-01: vapor-node-01.corp.awan.io -> " \
-               "vapor-node-02.corp.awan.io" in lines
-        assert "VM state changed: db-primary-01: running -> shutoff" in lines
-        assert "host changed: vapor-node-03.corp.awan.io: status connected -> disconnected" \
-            in lines
-        assert f"VM added: monitoring-01 ({gone['id']}) on vapor-node-03.corp.awan.io" in lines
-        assert "VM removed: ghost-01 (00000000-0000-4000-8000-000000000001)" in lines
-        assert len(lines) == 5, lines
+def test_diff_reports_each_kind_of_change(source: Server, tmp_path: Path) -> None:
+    # A sandbox of the default cluster: its own world, snapshotted like any deployment.
+    box = Api(source.base).post("/_sim/sandboxes", {"label": "diff", "clock_start": 1796112000})
+    base = source.base + box["path"]
+    api = Api(base)
+    snap = tmp_path / "before.yaml"
+    assert snapshot(base, "-o", str(snap)).returncode == 0
+    p = snapshot(base, "--diff", str(snap))
+    assert (p.returncode, p.stdout) == (0, ""), p.stderr
+    _migrate(api, WEB1, NODE2)  # moved
+    api.post(f"/api/v1/vms/{DB1}/action", {"action": "stop", "force": True})  # state
+    api.post("/_sim/hosts/019e0014-1a2b-7057-b326-000000000003/disconnect", None)  # host
+    # VMs added and removed: the file forgets one VM and names one that never was.
+    data = yaml.safe_load(snap.read_text(encoding="utf-8"))
+    gone = next(v for v in data["vms"] if v["name"] == "monitoring-01")
+    data["vms"].remove(gone)
+    data["vms"].append(dict(gone, id="00000000-0000-4000-8000-000000000001",
+                            name="ghost-01"))
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(data), encoding="utf-8")
+    p = snapshot(base, "--diff", str(edited))
+    assert p.returncode == 1, p.stderr
+    lines = p.stdout.splitlines()
+    assert "VM moved: web-frontend-01: vapor-node-01.corp.awan.io -> " \
+           "vapor-node-02.corp.awan.io" in lines
+    assert "VM state changed: db-primary-01: running -> shutoff" in lines
+    assert "host changed: vapor-node-03.corp.awan.io: status connected -> disconnected" \
+        in lines
+    assert f"VM added: monitoring-01 ({gone['id']}) on vapor-node-03.corp.awan.io" in lines
+    assert "VM removed: ghost-01 (00000000-0000-4000-8000-000000000001)" in lines
+    assert len(lines) == 5, lines
 
 
 def _one_line_exit_2(p: subprocess.CompletedProcess[str], out: Path, needle: str) -> None:
@@ -240,8 +244,9 @@ def test_wrong_credentials_and_a_throttled_login(source: Server, tmp_path: Path)
     out.parent.mkdir()
     p = snapshot(source.base, "-o", str(out), user="viewer", password="admin-wrong")
     _one_line_exit_2(p, out, "login as viewer refused")
-    for _ in range(5):
-        snapshot(source.base, user="viewer", password="admin-wrong")
+    for _ in range(4):  # five failures in all: the sixth attempt is throttled
+        httpx.post(f"{source.base}/api/v1/auth/login",
+                   json={"username": "viewer", "password": "admin-wrong"})
     # Throttled for minutes: more than the login may wait, so it says so at once.
     p = snapshot(source.base, "-o", str(out), user="viewer", password="viewer")
     _one_line_exit_2(p, out, "login as viewer is throttled")
