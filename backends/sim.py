@@ -156,10 +156,13 @@ class _Job:
     fail_fraction: float | None = None
     fail_message: str | None = None
     copy: metrics.Interval | None = None  # while copying: for the metrics
+    processed_bytes: int | None = None  # a remembered job: what it had copied when it ended
 
     def processed(self, t: float) -> int:
         if self.status == "completed":
             return self.total_bytes
+        if self.processed_bytes is not None:
+            return self.processed_bytes
         if self.started_at is None:
             return 0
         end = self.finished_at if self.finished_at is not None else t
@@ -200,6 +203,8 @@ class _State:
     events: list[tuple[float, int, Callable[[float], None]]]
     rng: random.Random
     seq: itertools.count
+    # (source, destination) -> (bandwidth, setup seconds), from the scenario's links
+    links: dict[tuple[str, str], tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 class SimulatedBackend:
@@ -478,10 +483,11 @@ class SimulatedBackend:
         elif request.copy_storage == "inc":
             total += guest.spec.disk_gib * GIB // 10
         seq = next(s.seq)
+        bandwidth, setup = s.links.get((vm.host_id, dest.id), (None, None))
         job = _Job(
             id=f"{s.rng.getrandbits(48):012x}", seq=seq, vm_id=vm.id,
             source_host_id=vm.host_id, request=request, status="initiated", created_at=t,
-            total_bytes=total, bandwidth=self.bandwidth, prior_status=vm.status,
+            total_bytes=total, bandwidth=bandwidth or self.bandwidth, prior_status=vm.status,
         )
         if fault is not None:
             job.fail_fraction = min(max(fault.at_percent, 0.0), 99.0) / 100.0
@@ -490,7 +496,8 @@ class SimulatedBackend:
         # A non-live migration pauses the guest while its memory is copied.
         status: VmStatus = "paused" if not request.live else vm.status
         self._put_vm(replace(vm, migration_id=job.id, status=status), t)
-        self._at(t + self.setup_seconds, lambda when: self._run_job(job, when))
+        self._at(t + (self.setup_seconds if setup is None else setup),
+                 lambda when: self._run_job(job, when))
         return job.snapshot(t)
 
     async def cancel_migration(self, migration_id: str) -> Migration:
@@ -566,7 +573,7 @@ class SimulatedBackend:
         members: dict[str, set[str]] = {h.id: set() for h in sc.hosts}
         for v in sc.vms:
             vm = Vm(v.id, v.name, v.host_id, v.status, v.vcpus, v.memory_mib,  # type: ignore[arg-type]
-                    v.persistent)
+                    v.persistent, v.also_defined_on)
             inv.vms[vm.id] = vm  # indexed in bulk below: put_vm per VM would bump cursors
             salt = int(v.id.replace("-", "")[:16], 16) ^ sc.seed
             guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
@@ -575,7 +582,36 @@ class SimulatedBackend:
         jobs: JobTable[_Job] = JobTable(snapshot=lambda job: job.snapshot(self.clock.now()))
         # Job ids come from the seed and the reset count: repeatable, never reused.
         rng = random.Random(sc.seed + self._generation * 0x9E3779B97F4A7C15)
-        return _State(inv, guests, host_history, members, jobs, [], rng, itertools.count(1))
+        seq = itertools.count(1)
+        self._remembered_jobs(sc, jobs, seq, t)
+        links = {(ln.source, ln.destination): (ln.bandwidth_bytes_per_s, ln.setup_seconds)
+                 for ln in sc.links}
+        return _State(inv, guests, host_history, members, jobs, [], rng, seq, links)
+
+    @staticmethod
+    def _remembered_jobs(sc: scenarios.Scenario, jobs: JobTable[_Job], seq: itertools.count,
+                         t: float) -> None:
+        """The scenario's finished jobs, laid back to back (a minute apart) before ``t``.
+
+        Only their order and durations are data: absolute times would date the file.
+        """
+        end = t - 60.0
+        placed: list[_Job] = []
+        for j in reversed(sc.migrations):
+            started = end - j.copy_seconds
+            created = started - j.setup_seconds
+            request = MigrationRequest(j.destination, j.live, j.persistent, j.undefine_source,
+                                       j.copy_storage)  # type: ignore[arg-type]
+            job = _Job(id=j.id, seq=0, vm_id=j.vm_id, source_host_id=j.source, request=request,
+                       status=j.status, created_at=created,  # type: ignore[arg-type]
+                       total_bytes=j.data_total_bytes, bandwidth=0.0, prior_status="running",
+                       started_at=started, finished_at=end, error=j.error)
+            job.processed_bytes = j.data_processed_bytes
+            placed.append(job)
+            end = created - 60.0
+        for job in reversed(placed):
+            job.seq = next(seq)
+            jobs.add(job, job.seq)
 
     def _settle(self) -> None:
         """Apply every scheduled event that is due, in time order, each at its own time."""
@@ -723,6 +759,9 @@ class SimulatedBackend:
         vm = self._s.inv.vms.get(vm_id)
         mem_mib = vm.memory_mib if vm is not None else 0
         migrating = any(c.covers(t) for c in guest.copies)
+        if guest.spec.behaviour is not None:
+            return metrics.fitted_point(guest.salt, guest.spec.behaviour, mem_mib, t, status,
+                                        since, booted, migrating), host_id
         return metrics.vm_point(guest.salt, guest.spec.load, mem_mib, t, status, since, booted,
                                 migrating), host_id
 

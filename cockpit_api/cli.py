@@ -1,4 +1,4 @@
-"""``cockpit-api``: serve the API, hash passwords, check a deployment (conformance, twin)."""
+"""``cockpit-api``: serve, hash passwords, check (conformance, twin) and snapshot a deployment."""
 
 from __future__ import annotations
 
@@ -213,11 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(rk)
     rk.set_defaults(func=_rotate_key)
 
-    from cockpit_api import conformance
+    from cockpit_api import conformance, snapshot, twin
 
     conformance.add_parser(sub)
-    from cockpit_api import twin
-
+    snapshot.add_parser(sub)
     twin.add_parser(sub)
     return parser
 
