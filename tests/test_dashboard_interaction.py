@@ -86,8 +86,13 @@ def waiting(button: Locator) -> bool:
 
 
 def press(page: Page, target: Locator) -> None:
-    """Click as a hand does: move there, press, hold, release (no waiting for the element)."""
+    """Click as a hand does: move to the button on screen, press, hold, release (whatever
+    the page does meanwhile, and whether or not the button is enabled)."""
+    target.wait_for()
     box = target.bounding_box()
+    if box is None:  # redrawn between finding and measuring it: a hand would see the new one
+        target.wait_for()
+        box = target.bounding_box()
     assert box is not None, "the button is not on screen"
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.down()

@@ -378,7 +378,10 @@ class Dashboard {
   private vmSignature(vm: Vm): string {
     const host = this.hosts.get(vm.host_id);
     const failed = this.failedMigration(vm);
-    return JSON.stringify([vm, this.admin, this.selected === "all", this.hostName(vm.host_id), host?.status,
+    // Field by field: the same VM from an answer and from the feed may list its keys in
+    // another order, and must not rebuild its row.
+    return JSON.stringify([vm.id, vm.name, vm.status, vm.host_id, vm.vcpus, vm.memory_mib, vm.migration_id,
+                           this.admin, this.selected === "all", this.hostName(vm.host_id), host?.status,
                            this.pending.get(vm.id) ?? null, failed?.id, failed?.error,
                            failed && this.hostName(failed.destination_host_id)]);
   }
