@@ -115,7 +115,7 @@ export class Charts {
         axes: [
           { values: (_u: uPlot, ticks: number[]) => ticks.map((t, j) => timeTick(t, j === 0)) },
           { values: (_u: uPlot, ticks: number[], _axis: number, _space: number, incr: number) =>
-              ticks.map((v) => spec.tick(v, incr)), incrs: spec.incrs, size: 84 },
+              ticks.map((v) => spec.tick(v, incr)), incrs: spec.incrs, size: 84, space: 24 },
         ],
         hooks: { setCursor: [(u: uPlot) => this.legend(i, u.cursor.idx ?? null)] },
       };

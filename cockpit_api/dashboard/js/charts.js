@@ -90,7 +90,7 @@ export class Charts {
                 series: [{}, ...spec.fields.map((f) => ({ label: f.label, stroke: f.color, width: 2, spanGaps: false }))],
                 axes: [
                     { values: (_u, ticks) => ticks.map((t, j) => timeTick(t, j === 0)) },
-                    { values: (_u, ticks, _axis, _space, incr) => ticks.map((v) => spec.tick(v, incr)), incrs: spec.incrs, size: 84 },
+                    { values: (_u, ticks, _axis, _space, incr) => ticks.map((v) => spec.tick(v, incr)), incrs: spec.incrs, size: 84, space: 24 },
                 ],
                 hooks: { setCursor: [(u) => this.legend(i, u.cursor.idx ?? null)] },
             };

@@ -342,7 +342,7 @@ class Dashboard {
     blocked(vm) {
         const host = this.hosts.get(vm.host_id);
         return host && host.status !== "connected"
-            ? `${this.hostName(vm.host_id)} is ${host.status}: its VMs can be acted on once it is back` : null;
+            ? `${this.hostName(vm.host_id)} is ${host.status}: actions wait until it is back` : null;
     }
     /** A VM's button: waits (aria-disabled) while a call on the VM is out or its host is away. */
     vmButton(vm, what, key, text, label, run, danger = false, blocked = this.blocked(vm)) {
