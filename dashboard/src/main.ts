@@ -230,6 +230,7 @@ class Dashboard {
     // A selected host that is gone (another client replaced the world) is dropped before
     // its VMs are asked for: asking would answer 404 and leave the old world on screen.
     if (this.selected !== "all" && !hosts.has(this.selected)) this.selected = "all";
+    if (this.chartTarget?.kind === "hosts" && !hosts.has(this.chartTarget.id)) this.closeCharts();
     const [vms, jobs] = await Promise.all([this.listVms(), this.api.listMigrations({ limit: 1000 })]);
     this.hosts = hosts;
     this.vms = vms;
