@@ -23,6 +23,7 @@ NODE4 = "019e0014-dead-7057-b326-000000000004"  # disconnected in the default sc
 OFF_VM = "bc2c8e3e-93af-4954-a14c-1d7e84488709"  # build-runner-01: shut off, on node 1
 RUNNING_VM = "d13c513a-42f8-4da1-97b1-165f0971b7c4"  # web-frontend-01: running on node 1
 OTHER_OFF_VM = "4630de19-bf77-438d-8b9b-7cefad989a70"  # build-runner-02: shut off, on node 2
+FRONTEND2_VM = "48a7c825-2abc-4619-a5ab-d89bd67e4d92"  # web-frontend-02: running on node 1
 GATEWAY_VM = "eca9bad1-449e-48e4-b15c-e760f3e452f2"  # api-gateway-01: running on node 1, 8 GiB
 MONITORING_VM = "825dc254-fc63-4b8b-853c-9fd548740684"  # monitoring-01: running on node 3
 MAIL_VM = "627e79c7-2b42-4dd8-82e2-e271c93de18f"  # mail-relay-01: running on node 4

@@ -21,6 +21,7 @@ import pytest
 
 from tests.browser import TIMEOUT_MS, VIEWPORT, Console, skip_reason
 from tests.dashboard_support import (
+    FRONTEND2_VM,
     GATEWAY_VM,
     MAIL_VM,
     MONITORING_VM,
@@ -172,6 +173,8 @@ def test_loading_a_scenario_with_a_host_selected_shows_the_new_world(page: Page,
     first.click()
     page.locator("#vms-h", has_text=f"Virtual machines on {picked}").wait_for()
     page.locator("tr[data-vm]").first.wait_for()
+    page.locator(".host-items li[data-host] [data-key^='hchart-']").first.click()
+    page.locator("figure[data-chart='cpu'][data-points]").wait_for()
     page.get_by_label("Name", exact=True).fill("default")
     page.get_by_role("button", name="Load").click()
     page.wait_for_function("document.querySelectorAll('.host-items li[data-host]').length === 4"
@@ -179,6 +182,7 @@ def test_loading_a_scenario_with_a_host_selected_shows_the_new_world(page: Page,
     assert page.locator("#vms-h").inner_text() == "Virtual machines"
     assert page.locator("[data-key='host-all']").get_attribute("aria-pressed") == "true"
     assert page.locator("#host-filter").count() == 0  # 4 hosts need no filter
+    assert page.locator("#perf-h").inner_text() == "Performance"  # no charts of a lost host
     assert page.locator(".problem").count() == 0, page.locator(".problem").all_inner_texts()
 
 
@@ -201,6 +205,17 @@ def test_a_second_press_during_a_slow_call_sends_nothing_and_shows_it_pending(
     assert len(actions) == 1, [r.post_data for r in actions]
     resume = page.locator(f"[data-key='act-{RUNNING_VM}-resume']")
     assert not waiting(resume) and resume.get_attribute("aria-busy") is None
+    # A migration asked for from the dialog: the row says so until the job is there.
+    sim(base, "latency", {"ms": 1500, "path": "/api/v1/vms/*/migrate"})
+    migrations = posts(page, "/migrate")
+    page.get_by_role("button", name="Migrate web-frontend-02").click()
+    page.locator("dialog").get_by_role("button", name="Migrate", exact=True).click()
+    busy = page.locator(f"[data-key='mig-{FRONTEND2_VM}'][aria-busy='true']")
+    busy.wait_for()
+    assert "Migrating" in busy.inner_text()
+    press(page, busy)
+    page.locator(f"{vm_row(FRONTEND2_VM)} progress").wait_for()
+    assert len(migrations) == 1
     assert page.locator(".problem").count() == 0, page.locator(".problem").all_inner_texts()
 
 
