@@ -16,7 +16,7 @@ from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.config import Settings
 
 # Headless Chromium for any test that asks for `browser`, `context` or `page`.
-from tests.browser import browser, context, page  # noqa: F401
+from tests.browser import browser, console, context, page  # noqa: F401
 from tests.lab_support import lab_env  # noqa: F401 - one lab per session for every lab module
 from tests.pg import Postgres, pg_bin, running_postgres
 
