@@ -419,8 +419,10 @@ class Feed:
             return
         if threading.get_ident() != self._loop_thread:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self.pulse)
+                self._loop.call_soon_threadsafe(self.close)
             return
+        if self._ticker is not None:
+            self._ticker.cancel()  # it holds the world; nobody will listen to it again
         self.pulse()
 
     def pulse(self) -> None:
@@ -494,7 +496,7 @@ class Feed:
     async def _run_ticker(self) -> None:
         loop = asyncio.get_running_loop()
         next_pulse = loop.time() + self.pulse_seconds
-        while self._subscribers > 0:
+        while self._subscribers > 0 and not self.closed:
             try:
                 self.tick()
             except Exception:  # the ticker must outlive one bad tick
@@ -519,7 +521,7 @@ class Feed:
         """Count a subscriber while it listens; the ticker runs while anybody does."""
         self._bind()
         self._subscribers += 1
-        if self._ticker is None or self._ticker.done():
+        if (self._ticker is None or self._ticker.done()) and not self.closed:
             self._ticker = asyncio.get_running_loop().create_task(self._run_ticker())
         try:
             yield self

@@ -77,6 +77,12 @@ def redact(text: str) -> str:
     return text
 
 
+def _indented(traceback: str) -> str:
+    """A traceback, cleaned, every line after its first indented: a line of it (which may
+    quote input: an exception's message) never passes for a record of its own."""
+    return "\n    ".join(clean(traceback, keep_newlines=True).splitlines())
+
+
 def clean(text: str, *, keep_newlines: bool = False) -> str:
     """What a log line may carry of ``text``: redacted, control characters escaped."""
     return escape_controls(redact(text), keep_newlines=keep_newlines)
@@ -103,7 +109,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 out[key] = clean(value) if isinstance(value, str) else value
         if record.exc_info:
-            out["exc"] = clean(self.formatException(record.exc_info), keep_newlines=True)
+            out["exc"] = _indented(self.formatException(record.exc_info))
         return orjson.dumps(out).decode()
 
 
@@ -121,9 +127,7 @@ class TextFormatter(logging.Formatter):
         if record.stack_info:
             extra.append(self.formatStack(record.stack_info))
         for text in extra:
-            # Indented: a line of a traceback (which may quote input) never passes for a record.
-            line += "\n" + "\n".join("    " + part for part in
-                                      clean(text, keep_newlines=True).splitlines())
+            line += "\n    " + _indented(text)
         return line
 
 

@@ -39,5 +39,7 @@ async def prometheus_metrics() -> Response:
             raise AuthError("this server's metrics need its metrics token as a bearer token")
     # The default world's hosts and jobs, even when asked under /sandboxes/{id}/metrics.
     await svc.metrics.refresh(svc.metrics.source or svc.backend)
+    if svc.sandboxes is not None:
+        svc.metrics.sandboxes.set(len(svc.sandboxes.all()))  # all(): expired ones swept
     return Response(generate_latest(svc.metrics.registry), 200,
                     {"Cache-Control": "no-store"}, media_type=CONTENT_TYPE_LATEST)
