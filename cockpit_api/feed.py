@@ -212,9 +212,12 @@ def _fd_use() -> tuple[int, int] | None:
     if soft == resource.RLIM_INFINITY:
         return None
     try:
-        return len(os.listdir("/proc/self/fd")) - 1, soft  # less the listing's own
+        # Linux 6.2+ gives the number of open descriptors as the directory's size (~1 us);
+        # listing it costs ~0.8 ms at 1,000 descriptors (less the listing's own).
+        n = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd")) - 1
     except OSError:
         return None
+    return n, soft
 
 
 class StreamSlot:
