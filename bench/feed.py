@@ -389,6 +389,9 @@ def main() -> int:
     # One user holds every subscriber: past the stream caps (32 per user, 1,000 in all).
     env = dict(os.environ, COCKPIT_JWT_SECRET=SECRET, COCKPIT_MAX_STREAMS_PER_USER="100000",
                COCKPIT_MAX_STREAMS="100000")
+    # A store of its own: the user's state directory may hold another version's schema.
+    state = tempfile.TemporaryDirectory(prefix="cockpit-feed-state-")
+    env["COCKPIT_STATE_DIR"] = state.name
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed below; a file, never a full pipe
     server = subprocess.Popen(
         [*server_pin, sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port),
@@ -421,6 +424,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+        state.cleanup()
     result["when"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                          "loadavg_after": os.getloadavg(), "pinned": bool(server_pin)}
