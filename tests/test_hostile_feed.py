@@ -252,11 +252,12 @@ def test_streams_leave_file_descriptors_for_other_clients() -> None:
     run(body)
 
 
-def test_stream_limits_are_settings() -> None:
+def test_stream_limits_are_settings(tmp_path: Path) -> None:
     from cockpit_api.feed import StreamLimits
 
     s = Settings.load(env={"COCKPIT_MAX_STREAMS_PER_USER": "3", "COCKPIT_MAX_STREAMS": "7",
-                           "COCKPIT_STREAM_FD_HEADROOM": "64"})
+                           "COCKPIT_STREAM_FD_HEADROOM": "64",
+                           "COCKPIT_STATE_DIR": str(tmp_path)})
     assert StreamLimits.of(s) == StreamLimits(3, 7, 64)
     with pytest.raises(ConfigError):
         Settings.load(env={"COCKPIT_MAX_STREAMS": "-1"})
@@ -402,8 +403,9 @@ def test_audit_entries_store_actors_and_paths_escaped() -> None:
     run(body)
 
 
-def test_trusted_proxies_must_be_addresses() -> None:
-    assert Settings.load(env={"COCKPIT_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16"}
+def test_trusted_proxies_must_be_addresses(tmp_path: Path) -> None:
+    assert Settings.load(env={"COCKPIT_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16",
+                              "COCKPIT_STATE_DIR": str(tmp_path)}
                          ).trusted_proxies == ["10.0.0.5", "10.1.0.0/16"]
     assert Settings().trusted_proxies == []  # none trusted by default
     with pytest.raises(ConfigError):
