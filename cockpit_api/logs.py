@@ -48,7 +48,8 @@ _CONTROLS_BUT_NEWLINE = re.compile(
 _SECRET_QUERY = re.compile(
     r"((?<![A-Za-z0-9_])(?:ticket|token|access_token|refresh_token|password)=)[^&\s\"']*",
     re.IGNORECASE)
-_BEARER = re.compile(r"(\bbearer\s+)[^\s\"',)\]]+", re.IGNORECASE)
+# 8+ token characters: "send a bearer token" in a message is no credential.
+_BEARER = re.compile(r"(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
 _AUTH_HEADER = re.compile(r"(authorization['\"]?\s*[,:]\s*b?['\"])[^'\"]*", re.IGNORECASE)
 
 

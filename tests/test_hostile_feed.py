@@ -386,6 +386,33 @@ def test_access_log_lines_escape_control_characters(fmt: str, capsys: pytest.Cap
         assert "\n" not in line and "\r" not in line and "\u2028" not in line
 
 
+# ------------------------------------------------------------------ 13. secrets in logs
+
+REDACTED = [  # (what a log line would carry, the secret in it), uvicorn's trace shapes among them
+    ("ASGI [3] Started scope={'query_string': b'ticket=Zq7ticketZq7', 'path': '/api/v1/events'}",
+     "Zq7ticketZq7"),
+    ("GET /api/v1/events?types=vm&ticket=Zq7ticketZq7 HTTP/1.1", "Zq7ticketZq7"),
+    ("scope headers [(b'authorization', b'Bearer Zq7metricsZq7')]", "Zq7metricsZq7"),
+    ("Authorization: bearer Zq7metricsZq7", "Zq7metricsZq7"),
+    ("refresh with token=Zq7refreshZq7 failed", "Zq7refreshZq7"),
+    ("a JWT in a path /x/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl", "eyJzdWIiOiJhIn0"),
+]
+
+
+@pytest.mark.parametrize(("text", "secret"), REDACTED, ids=[r[0][:30] for r in REDACTED])
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_no_secret_reaches_a_log_line(fmt: str, text: str, secret: str) -> None:
+    from cockpit_api import logs
+
+    formatter = logs.JsonFormatter() if fmt == "json" else logs.TextFormatter()
+    record = _record("%s", text, name="uvicorn.asgi")
+    record.levelno, record.levelname = 5, "TRACE"
+    line = formatter.format(record)
+    assert secret not in line and "***" in line
+    # Words are not secrets.
+    assert "send a bearer token" in formatter.format(_record("send a bearer token"))
+
+
 # ------------------------------------------------------------------ 10. forwarded headers
 
 
