@@ -42,7 +42,7 @@ from cockpit_api.auth import (
     hash_password,
 )
 from cockpit_api.config import ConfigError, Settings
-from cockpit_api.feed import feed_of
+from cockpit_api.feed import StreamGate, StreamLimits, feed_of
 from cockpit_api.limits import BodyLimits, RequestLimits
 from cockpit_api.pipeline import middlewares as compiled_pipeline
 from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
@@ -188,6 +188,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     )
     services = Services(backend, auth, settings, Metrics(backend.info.kind, _version()),
                         store=store)
+    services.metrics.source = backend  # /metrics reads the default world, whatever URL asks
+    services.streams = StreamGate(StreamLimits.of(settings), services.metrics)
     services.ready_checks["backend"] = functools.partial(_backend_ready, services)
     services.ready_checks["store"] = functools.partial(_store_ready, services)
     if hasattr(store, "observer"):  # SqlStore times its calls for the metrics
@@ -200,7 +202,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     scenario = getattr(backend, "scenario", None)
     if scenario is not None:  # the simulator: sandboxes are more simulated worlds
         services.sandboxes = SandboxRegistry(settings, auth_clock, _config_users(settings),
-                                             services.metrics)
+                                             services.metrics, streams=services.streams)
         services.sandboxes.remember(scenario.users, auth.users)
 
     @asynccontextmanager
@@ -243,7 +245,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         specs[CONTROL_PREFIX] = CONTROL_SPEC
     app.add_middleware(RawSpecs, position=MiddlewarePosition.BEFORE_SWAGGER, specs=specs)
     app.add_api(OPS_SPEC, base_path="", strict_validation=True,
-                validate_responses=settings.validate_responses)
+                validate_responses=settings.validate_responses, validator_map=validator_map())
     web.add_routes(app, backend)
     _precompute_signatures()
     app.add_middleware(

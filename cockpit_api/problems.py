@@ -119,6 +119,8 @@ def on_backend_error(request: ConnexionRequest, exc: Exception) -> ConnexionResp
 def on_auth_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, AuthError)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
+    if headers is not None and getattr(exc, "close_connection", False):
+        headers["Connection"] = "close"  # a refused stream gives its file descriptor back
     return problem(exc.status, exc.detail, code=exc.code, title=exc.title,
                    instance=_path(request), headers=headers)
 

@@ -31,7 +31,7 @@ from backends.base import Conflict, InvalidArgument, NotFound
 from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.auth import AuthService, AuthSettings, User, hash_password
 from cockpit_api.config import Settings
-from cockpit_api.feed import feed_of
+from cockpit_api.feed import StreamGate, feed_of
 from cockpit_api.state import Services
 from cockpit_api.telemetry import Metrics
 
@@ -65,12 +65,14 @@ class SandboxRegistry:
     """The sandboxes of one app: create, find (renewing), list, delete, expire."""
 
     def __init__(self, settings: Settings, clock: Callable[[], float],
-                 config_users: list[User], metrics: Metrics | None = None) -> None:
+                 config_users: list[User], metrics: Metrics | None = None,
+                 streams: StreamGate | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self._config_users = config_users
         # The server's request metrics count every world's requests (one /metrics).
         self.metrics = metrics if metrics is not None else Metrics()
+        self.streams = streams  # the server's stream caps count every world's streams
         self._boxes: dict[str, Sandbox] = {}
         self._next_expiry = float("inf")
         # scrypt costs ~30 ms on purpose; a sandbox's demo users would make each create
@@ -99,6 +101,11 @@ class SandboxRegistry:
         if box is not None:
             box.last_used = now
         return sid, box
+
+    def alive(self, sid: str) -> bool:
+        """Whether sandbox ``sid`` still exists (expiring what is due; renewing nothing)."""
+        self._sweep(self.clock())
+        return sid in self._boxes
 
     # ------------------------------------------------------------ control plane
 
@@ -141,13 +148,15 @@ class SandboxRegistry:
             clock=self.clock,
         )
         sid = secrets.token_hex(8)
-        services = Services(backend, auth, s, self.metrics, sandboxes=self, sandbox_id=sid)
+        services = Services(backend, auth, s, self.metrics, sandboxes=self, sandbox_id=sid,
+                            streams=self.streams)
         box = Sandbox(sid, services, sc.name, label, now, now, ttl_seconds or s.sandbox_ttl)
         feed_of(backend)  # its change feed's history starts with the sandbox
         await backend.start()
         services.started = True
         self._boxes[sid] = box
         self._next_expiry = min(self._next_expiry, box.expires_at)
+        self.metrics.sandboxes.set(len(self._boxes))
         return box
 
     def get(self, sid: str) -> Sandbox:
@@ -165,11 +174,15 @@ class SandboxRegistry:
     async def delete(self, sid: str) -> None:
         box = self.get(sid)
         del self._boxes[sid]
+        self.metrics.sandboxes.set(len(self._boxes))
+        feed_of(box.services.backend).close()  # its streams end now, letting go of the world
         await box.services.backend.close()
 
     async def close(self) -> None:
         boxes, self._boxes = list(self._boxes.values()), {}
+        self.metrics.sandboxes.set(0)
         for box in boxes:
+            feed_of(box.services.backend).close()
             await box.services.backend.close()
         if self._closing:
             await asyncio.gather(*self._closing)
@@ -182,7 +195,10 @@ class SandboxRegistry:
         gone = [b for b in self._boxes.values() if b.expires_at <= now]
         for box in gone:
             del self._boxes[box.id]
+            feed_of(box.services.backend).close()  # its streams end at once
             self._close_later(box)
+        if gone:
+            self.metrics.sandboxes.set(len(self._boxes))
         self._next_expiry = min((b.expires_at for b in self._boxes.values()),
                                 default=float("inf"))
 

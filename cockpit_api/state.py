@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from backends.base import Backend
     from cockpit_api.auth import AuthService
     from cockpit_api.config import Settings
+    from cockpit_api.feed import StreamGate
     from cockpit_api.sandboxes import SandboxRegistry
     from cockpit_api.store import Store
 
@@ -41,6 +42,8 @@ class Services:
     sandboxes: SandboxRegistry | None = None
     sandbox_id: str | None = None
     store: Store | None = None  # what outlives the process (cockpit_api/store)
+    # Caps on event streams and long polls, shared by every world (cockpit_api/feed.py).
+    streams: StreamGate | None = None
 
 
 def services_of(scope: Any) -> Services:
