@@ -25,6 +25,9 @@ async def get_state() -> Response:
 
 async def reset() -> Response:
     sim = _sim()
+    svc = services()
+    if svc.sandboxes is not None and svc.sandbox_id is not None:
+        svc.sandboxes.admit_reset(svc.sandbox_id)  # within the sandboxes' VM budget
     sim.reset()
     # Back to the start includes login throttling (sessions stay: the caller keeps its token).
     await asyncio.to_thread(services().auth.reset_throttling)
@@ -34,6 +37,11 @@ async def reset() -> Response:
 async def load_scenario(body: Json) -> Response:
     sim = _sim()
     data = body.get("data")
+    svc = services()
+    if svc.sandboxes is not None and svc.sandbox_id is not None:
+        # A sandbox: sized before it is built, against the budget all sandboxes share.
+        loaded_sim = await svc.sandboxes.load(svc.sandbox_id, name=body.get("name"), data=data)
+        return ok(loaded_sim.summary())
     if data is not None:
         loaded = scenarios.load(data)
     else:

@@ -386,9 +386,12 @@ class SqlStore:
                              .values(count=t.count - 1))
 
     @_unavailable
-    def reset_throttling(self) -> None:
+    def reset_throttling(self, keep_prefix: str | None = None) -> None:
+        stmt = login_throttle.delete()
+        if keep_prefix:
+            stmt = stmt.where(~login_throttle.c.key.startswith(keep_prefix, autoescape=True))
         with self._tx() as conn:
-            conn.execute(login_throttle.delete())
+            conn.execute(stmt)
 
     @_unavailable
     def prune_throttling(self, before: float) -> int:
