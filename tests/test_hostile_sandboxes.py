@@ -25,6 +25,7 @@ from backends.sim import SimulatedBackend
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.auth import _SCRYPT, hash_password
 from cockpit_api.config import Settings, UserConfig
+from cockpit_api.feed import HISTORY, Feed, _tables, feed_of
 from cockpit_api.sandboxes import SandboxRegistry
 from tests.conftest import SECRET, FakeClock, login
 from tests.serving import served
@@ -305,3 +306,88 @@ def test_a_sandboxs_readiness_has_real_checks(client: TestClient, admin: dict[st
     assert r.status_code == 200, r.text
     assert r.json()["checks"] == {"backend": "ok", "store": "ok", "server_store": "ok"}
     assert client.get("/readyz").json()["checks"] == {"backend": "ok", "store": "ok"}
+
+
+# ------------------------------------- "Done when": a mixed load leaves structures bounded
+
+
+def _structures(app: CockpitApp, registry: SandboxRegistry) -> dict[str, int]:
+    """The sizes of what a long mixed load could make grow, over every world."""
+    worlds = [app.services, *(b.services for b in registry.all())]
+    feeds = [feed_of(w.backend) for w in worlds]
+    return {
+        "hash cache": registry.cached_hashes,
+        "tickets": sum(len(f.tickets._tickets) for f in feeds),
+        "default feed history": len(feeds[0]._events),
+        # Not full in a short run (10,000 each): bounded by their deque, checked apart.
+        "sandbox feed history max": max((f._events.maxlen or 0) for f in feeds[1:]),
+        "feed chunk caches": sum(len(f._chunks) for f in feeds),
+        "feed jobs seen": sum(len(f._jobs_seen) for f in feeds),
+        "parsed scenarios": len(registry._parsed),
+        "sandboxes": len(registry),
+    }
+
+
+def _round(c: TestClient, admin: dict[str, str], worlds: list[tuple[str, dict[str, str]]],
+           vms: list[str], n: int) -> None:
+    """One round of the soak's mix (bench/soak.py), in every world."""
+    for base, h in worlds:
+        for vm in vms:
+            for action in ("suspend", "resume"):
+                c.post(f"{base}{API}/vms/{vm}/action", json={"action": action}, headers=h)
+        assert c.get(f"{base}{API}/vms", params={"limit": 100}, headers=h).status_code == 200
+        used = c.post(f"{base}{API}/events/ticket", headers=h).json()["ticket"]
+        assert c.get(f"{base}{API}/events", params={"ticket": used}).status_code == 200
+        c.post(f"{base}{API}/events/ticket", headers=h)  # never used: it expires
+        assert c.get(f"{base}{API}/events", params={"wait": 0}, headers=h).status_code == 200
+        _login(c, base, "viewer", "wrong")
+        r = c.post(f"{base}{API}/auth/login", json={"username": "viewer", "password": "viewer"})
+        if r.status_code == 200:
+            c.post(f"{base}{API}/auth/logout", json={"refresh_token": r.json()["refresh_token"]})
+        assert c.get(f"{base}/readyz").status_code == 200
+    # A short-lived sandbox with users of its own, as a test runner makes one per test.
+    users = [{"username": f"t{n}-{i}", "password": f"pw {n} {i}"} for i in range(3)]
+    box = _new(c, admin, scenario={"users": users, **_generated(2)})
+    assert c.delete(f"/_sim/sandboxes/{box['id']}", headers=admin).status_code == 204
+
+
+def test_a_mixed_load_leaves_every_structure_bounded(sim: SimulatedBackend,
+                                                     auth_clock: FakeClock) -> None:
+    # Fails on main: the hash cache kept every short-lived sandbox's users for ever.
+    small = Feed(sim, history=30)  # the default world's feed, small enough to fill here
+    inv, jobs = _tables(sim)
+    inv.observer = jobs.observer = small
+    app = _app(sim, auth_clock, password_hash_cache=8, max_failures_per_address=10_000)
+    registry = _registry(app)
+    with TestClient(app) as c:
+        admin = login(c, "admin", "admin")
+        worlds = [("", admin)]
+        for _ in range(3):
+            box = _new(c, admin)
+            worlds.append((box["path"], _enter(c, box)))
+        vms = [v["id"] for v in c.get(f"{API}/vms", headers=admin).json()["vms"]
+               if v["status"] == "running"][:4]
+        sizes = []
+        for n in range(8):
+            _round(c, admin, worlds, vms, n)
+            auth_clock.t += 31  # unused tickets expire (30 s)
+            if n in (3, 7):
+                sizes.append(_structures(app, registry))
+    warm, later = sizes
+    assert feed_of(sim) is small and warm["default feed history"] == 30  # full, and no more
+    assert later == warm, (warm, later)  # twice the load, nothing grew
+    assert warm["hash cache"] <= 8 and warm["tickets"] <= len(worlds)
+    assert warm["sandbox feed history max"] == HISTORY
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 item 5 (h18store): a sandbox audits every "
+                   "unauthenticated reject as a row, in RAM, never pruned")
+def test_unauthenticated_rejects_do_not_grow_a_sandboxs_audit(client: TestClient,
+                                                              admin: dict[str, str]) -> None:
+    box = _new(client, admin)
+    registry = _registry(client.app)  # type: ignore[arg-type]
+    store = registry.get(box["id"]).services.auth.store
+    before = len(store.audit_page(10_000))
+    for _ in range(200):
+        assert client.post(f"{box['path']}/_sim/reset").status_code == 401
+    assert len(store.audit_page(10_000)) - before < 200

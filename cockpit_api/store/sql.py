@@ -153,7 +153,7 @@ class SqlStore:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             parsed, connect_args={"check_same_thread": False, "timeout": 30},
-            **({"poolclass": StaticPool} if memory else {}))
+            **({"poolclass": StaticPool, "query_cache_size": 0} if memory else {}))
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi: Any, _record: Any) -> None:
