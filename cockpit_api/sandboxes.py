@@ -217,10 +217,11 @@ class SandboxRegistry:
         source: str | dict[str, Any] = data if data is not None else (name or "default")
         with self._reserve(vm_count(self._document(source)), replacing=sid):
             sc = await self._scenario(source, None)
+            built = await asyncio.to_thread(backend.build_reset, sc)  # not on the loop
             if self._boxes.get(sid) is not box:
                 raise NotFound("the sandbox was deleted while its scenario loaded",
                                code="sandbox_not_found")
-            backend.reset(sc)
+            backend.reset(sc, built=built)
         box.scenario = sc.name
         return backend
 
