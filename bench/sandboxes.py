@@ -117,7 +117,7 @@ def _heap(count: int) -> dict[str, float]:
             await box.services.backend.list_vms(PageRequest(100, None), VmFilter())
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
-        registry.hasher.close()
+        await registry.close()
         return {"kib_per_sandbox": round((after - before) / count / 1024, 1),
                 "kib_per_sandbox_created": round((created - before) / count / 1024, 1),
                 "create_ms_in_process": round(create_ms, 3)}

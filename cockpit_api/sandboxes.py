@@ -120,6 +120,7 @@ class SandboxRegistry:
         self.metrics = metrics if metrics is not None else Metrics()
         # scrypt runs in these few threads, never on the event loop (shared by every world).
         self.hasher = hasher if hasher is not None else HashPool(settings.password_hash_workers)
+        self._own_hasher = hasher is None  # closed with the registry (else: the app's)
         # Where configured users' failed logins are counted (the default world's store).
         self._throttle = throttle
         self._ready_checks = ready_checks
@@ -256,6 +257,8 @@ class SandboxRegistry:
             await box.services.backend.close()
         if self._closing:
             await asyncio.gather(*self._closing)
+        if self._own_hasher:
+            self.hasher.close()
 
     # ------------------------------------------------------------ internals
 

@@ -158,7 +158,7 @@ async def test_concurrent_creates_share_the_budget(sim: SimulatedBackend,
     assert len(refused) == 1 and refused[0].code == "sandbox_limit"
     assert len(registry) == 2 and registry.held_vms() == 20
     await registry.close()
-    registry.hasher.close()
+    registry.hasher.close()  # the app's pool: no lifespan ran here to close it
 
 
 # -------------------------------------------------------- item 6: throttling in one place
