@@ -37,6 +37,8 @@ from cockpit_api.auth import (
     AuthError,
     AuthService,
     AuthSettings,
+    HashPool,
+    SharedThrottle,
     User,
     bearer_info,
     hash_password,
@@ -49,7 +51,7 @@ from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
 from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
 from cockpit_api.sandboxes import SandboxRegistry
 from cockpit_api.served_spec import RawSpecs
-from cockpit_api.state import SCOPE_KEY, Services
+from cockpit_api.state import SCOPE_KEY, ReadyCheck, Services
 from cockpit_api.store import MEMORY_URL, Store, open_store
 from cockpit_api.telemetry import Metrics
 from cockpit_api.validators import validator_map
@@ -178,20 +180,33 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     settings = settings or Settings()
     store = store if store is not None else open_store(settings.store_url or MEMORY_URL)
     backend = backend or build_backend(settings, store)
+    hasher = HashPool(settings.password_hash_workers)  # scrypt, off the loop, every world
+    # Configured users exist in every world; their attempts count here, in one place.
+    throttle = SharedThrottle(store, frozenset(u.username for u in settings.users))
     auth = AuthService(
         _users(settings, backend),
         AuthSettings(settings.jwt_secret or None, settings.jwt_issuer, settings.jwt_audience,
                      settings.token_ttl, settings.refresh_ttl, settings.max_failures_per_user,
                      settings.max_failures_per_address, settings.failure_window,
                      audit_retention=settings.audit_retention_days * 86400),
-        clock=auth_clock, store=store,
+        clock=auth_clock, store=store, hasher=hasher, throttle=throttle,
     )
     services = Services(backend, auth, settings, Metrics(backend.info.kind, _version()),
                         store=store)
     services.metrics.source = backend  # /metrics reads the default world, whatever URL asks
     services.streams = StreamGate(StreamLimits.of(settings), services.metrics)
-    services.ready_checks["backend"] = functools.partial(_backend_ready, services)
-    services.ready_checks["store"] = functools.partial(_store_ready, services)
+
+    def world_checks(world: Services) -> dict[str, ReadyCheck]:
+        """The same checks in every world; a sandbox's also needs the server's store,
+        where its configured users' logins are counted."""
+        checks: dict[str, ReadyCheck] = {
+            "backend": functools.partial(_backend_ready, world),
+            "store": functools.partial(_store_ready, world)}
+        if world is not services:
+            checks["server_store"] = functools.partial(_store_ready, services)
+        return checks
+
+    services.ready_checks.update(world_checks(services))
     if hasattr(store, "observer"):  # SqlStore times its calls for the metrics
         setattr(store, "observer", services.metrics.observe_store)  # noqa: B010
     if hasattr(backend, "call_observer"):  # the libvirt backend times its calls through it
@@ -202,7 +217,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     scenario = getattr(backend, "scenario", None)
     if scenario is not None:  # the simulator: sandboxes are more simulated worlds
         services.sandboxes = SandboxRegistry(settings, auth_clock, _config_users(settings),
-                                             services.metrics, streams=services.streams)
+                                             services.metrics, streams=services.streams,
+                                             hasher=hasher, throttle=throttle,
+                                             ready_checks=world_checks)
         services.sandboxes.remember(scenario.users, auth.users)
 
     @asynccontextmanager
@@ -217,6 +234,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             if services.sandboxes is not None:
                 await services.sandboxes.close()
             await auth.stop()
+            hasher.close()
             await backend.close()
             if writer is not None:
                 writer.flush()

@@ -24,6 +24,8 @@ Example ``cockpit.toml``::
     max_failures_per_user = 5      # login attempts per (user, address) per window
     max_failures_per_address = 50  # login attempts per address per window
     failure_window = 300           # seconds
+    password_hash_workers = 2      # threads for scrypt (logins, sandboxes' users), off the loop
+    password_hash_cache = 1024     # sandboxes' demo users' hashes kept for reuse (LRU)
 
     [store]
     url = "postgresql://cockpit:PASSWORD@db.example/cockpit"   # default: sqlite in state_dir
@@ -151,6 +153,8 @@ class Settings:
     max_failures_per_user: int = 5
     max_failures_per_address: int = 50
     failure_window: int = 300
+    password_hash_workers: int = 2  # threads for scrypt; bounds the cores logins take
+    password_hash_cache: int = 1024  # sandbox users' hashes kept (LRU), by (user, password)
     audit_retention_days: int = 90
     state_dir: str | None = None
     store_url: str | None = None
@@ -285,6 +289,9 @@ class Settings:
                 isinstance(p, str) and _is_address(p) for p in self.trusted_proxies):
             raise ConfigError("trusted_proxies is a list of IP addresses or networks "
                               "(e.g. [\"10.0.0.5\", \"10.1.0.0/16\"])")
+        if not 1 <= self.password_hash_workers <= 64 or self.password_hash_cache < 0:
+            raise ConfigError("password_hash_workers must be between 1 and 64, "
+                              "password_hash_cache >= 0")
         if self.sandbox_max < 0 or self.sandbox_ttl <= 0:
             raise ConfigError("sandbox_max must be >= 0 and sandbox_ttl positive")
         if self.cors_credentials and "*" in self.cors_origins:
