@@ -154,8 +154,9 @@ def on_http_exception(request: ConnexionRequest, exc: Exception) -> ConnexionRes
     assert isinstance(exc, HTTPException)
     missing = request.scope.get(MISSING_SANDBOX)
     if missing is not None and exc.status_code == 404:
-        return problem(404, f"no sandbox {missing}: it expired or was deleted",
-                       code="sandbox_not_found", instance=_path(request))
+        # Neither the id nor the path is quoted back: it is whatever the client sent.
+        return problem(404, "no such sandbox: it expired, was deleted or never existed",
+                       code="sandbox_not_found")
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         # Starlette names only the methods of the first route that matched the path, so a path
