@@ -95,8 +95,8 @@ def test_the_served_spec_keeps_its_refs_and_names(client: TestClient) -> None:
         "$ref": "#/components/schemas/VmAction"}
     assert schemas["Migration"]["properties"]["copy_storage"] == {
         "$ref": "#/components/schemas/CopyStorage"}
-    assert {"$ref": "#/components/schemas/MigrationId"} in \
-        schemas["Vm"]["properties"]["migration_id"]["anyOf"]
+    assert schemas["Vm"]["properties"]["migration_id"]["allOf"] == [
+        {"$ref": "#/components/schemas/MigrationId"}]
     assert schemas["Problem"]["properties"]["code"] == {"$ref": "#/components/schemas/ProblemCode"}
     assert yaml.safe_load(client.get("/api/v1/openapi.yaml").text) == served
     control = client.get("/_sim/openapi.json").json()
@@ -145,3 +145,29 @@ def test_the_prose_says_what_the_server_does(client: TestClient,
     r = client.post(f"/api/v1/vms/{vm['id']}/action", json={"action": "stop"}, headers=admin)
     assert (r.status_code, r.json()["code"]) == (503, "host_disconnected")
     assert int(r.headers["retry-after"]) > 0
+
+
+def _schemas_in(node: Any, where: str = "") -> Any:
+    if isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            yield from _schemas_in(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _schemas_in(value, f"{where}/{i}")
+
+
+@pytest.mark.parametrize("path", [SPEC, CONTROL, ROOT / "cockpit_api" / "ops.yaml"],
+                         ids=lambda p: p.name)
+def test_every_nullable_reference_is_written_allof_and_nullable(path: Path) -> None:
+    """`allOf: [{$ref}]` + `nullable: true`, the form every client generator types as `X | null`
+    (tests/test_clients.py). A null branch in an anyOf (`enum: [null]`) made orval emit
+    `X |  | null`; `nullable` beside a bare $ref is ignored by OpenAPI 3.0 tools."""
+    for where, node in _schemas_in(_load(path)):
+        if "$ref" in node:
+            assert "nullable" not in node, f"{path.name}{where}: nullable beside a $ref"
+        for key in ("anyOf", "oneOf"):
+            for branch in node.get(key, []):
+                assert branch.get("enum") != [None], f"{path.name}{where}: a null-only branch"
+        if node.get("nullable") and "allOf" in node:
+            assert "type" not in node and len(node["allOf"]) == 1, f"{path.name}{where}"
