@@ -28,6 +28,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # Before importing the app: its imports can warn, and warnings are log records too.
     logs.configure(settings.log_format, args.log_level)
+    # Connexion says "Adding spec json: ..." once per spec on every start; the banner below
+    # names the specs' URLs already.
+    logging.getLogger("connexion.middleware.swagger_ui").setLevel(logging.WARNING)
     import uvicorn
 
     from cockpit_api.app import create_app
