@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import select
 import socket
 import sys
@@ -236,8 +237,10 @@ def test_the_body_limit_is_a_setting(sim: object) -> None:
     from cockpit_api.config import Settings
     from tests.conftest import SECRET
 
+    # XDG_STATE_HOME (set for the session by conftest): the store goes there, not in $HOME.
     settings = Settings.load(env={"COCKPIT_MAX_BODY_BYTES": "64", "COCKPIT_JWT_SECRET": SECRET,
-                                  "COCKPIT_MAX_JSON_DEPTH": "2"})
+                                  "COCKPIT_MAX_JSON_DEPTH": "2",
+                                  "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"]})
     with TestClient(create_app(settings, backend=sim)) as c:  # type: ignore[arg-type]
         assert c.post(f"{API}/auth/login", content=LOGIN, headers=JSON).status_code == 200
         r = c.post(f"{API}/auth/login", content=LOGIN + b" " * 64, headers=JSON)
