@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+import httpx
+
 from tests.serving import free_port, serve_process
 
 
@@ -24,3 +26,85 @@ def test_a_normal_start_prints_the_banner_and_little_else() -> None:
     assert "Cockpit API (sim backend) on" in log and "schema upgraded" in log
     assert "alembic" not in log, log
     assert "Adding spec json" not in log, log
+
+
+# ------------------------------------------------------------------ determinism
+
+OFF_VM = "bc2c8e3e-93af-4954-a14c-1d7e84488709"  # build-runner-01, shut off on node-01
+RUNNING_VM = "d13c513a-42f8-4da1-97b1-165f0971b7c4"  # web-frontend-01, on node-01
+DB1 = "f4d6d235-08bd-4d96-b6e9-c8092966493d"  # db-primary-01, on node-02
+NODE2 = "019e0014-ffff-7057-b326-000000000002"
+NODE3 = "019e0014-1a2b-7057-b326-000000000003"
+# GETs whose answers are about the process rather than the world, by design:
+NOT_THE_WORLD = {
+    "/api/v1/events",  # ids carry the process's random epoch: a resume elsewhere resets
+    "/api/v1/audit",  # wall-clock times and request ids of the requests themselves
+    "/api/v1/auth/me",  # the token's expiry, on the wall clock
+    "/_sim/sandboxes", "/_sim/sandboxes/{sandbox_id}",  # random ids
+    "/healthz", "/readyz", "/metrics",  # the process's health and counters
+}
+
+
+def _recorded_calls(c: httpx.Client, h: dict[str, str]) -> None:
+    """Writes and clock moves, the same on both servers."""
+    calls: list[tuple[str, dict[str, object]]] = [
+        (f"/api/v1/vms/{OFF_VM}/action", {"action": "start"}),
+        (f"/api/v1/vms/{RUNNING_VM}/migrate", {"destination_host_id": NODE2}),
+        ("/_sim/clock", {"advance": 5}),  # the migration is under way
+        (f"/api/v1/vms/{DB1}/migrate", {"destination_host_id": NODE3}),
+        ("/_sim/clock", {"advance": 900}),  # both are done; metrics moved on
+        (f"/api/v1/vms/{OFF_VM}/action", {"action": "stop"}),
+        ("/_sim/clock", {"advance": 30}),
+    ]
+    for path, body in calls:
+        r = c.post(path, json=body, headers=h)
+        assert r.status_code in (200, 202), (path, r.text)
+
+
+def _world_gets(c: httpx.Client, h: dict[str, str]) -> dict[str, tuple[str, bytes]]:
+    """Every GET of the two specs, with every id the world has: (ETag, body) by URL."""
+    import yaml
+
+    from cockpit_api.app import CONTROL_SPEC, SPEC
+
+    hosts = [x["id"] for x in c.get("/api/v1/hosts", headers=h).json()["hosts"]]
+    vms = [x["id"] for x in c.get("/api/v1/vms?limit=1000", headers=h).json()["vms"]]
+    jobs = [x["id"] for x in c.get("/api/v1/migrations", headers=h).json()["migrations"]]
+    ids = {"{host_id}": hosts, "{id}": vms, "{migration_id}": jobs}
+    windows = ["", "?step=300", "?start=1799000000&end=1800000000&step=600"]
+    urls: list[str] = []
+    for prefix, spec in (("/api/v1", SPEC), ("/_sim", CONTROL_SPEC)):
+        for path, item in yaml.safe_load(spec.read_text())["paths"].items():
+            if "get" not in item or prefix + path in NOT_THE_WORLD:
+                continue
+            names = [k for k in ids if k in path]
+            assert len(names) <= 1, path
+            filled = ([path.replace(names[0], v) for v in ids[names[0]]] if names else [path])
+            queries = windows if path.endswith("/metrics") else [""]
+            urls += [prefix + p + q for p in filled for q in queries]
+    answers = {}
+    for url in urls:
+        r = c.get(url, headers=h)
+        assert r.status_code == 200, (url, r.text)
+        answers[url] = (r.headers.get("etag", ""), r.content)
+    return answers
+
+
+def test_two_servers_with_one_seed_clock_and_calls_answer_the_same_bytes() -> None:
+    """--clock-start and --speed 0, one recorded sequence of calls on two processes with
+    different hash seeds: every GET about the world answers byte for byte the same (host
+    metrics differed in a few points: a float sum over a set)."""
+    args = ("--clock-start", "2027-01-15T08:00:00Z", "--speed", "0")
+    answers = []
+    for hash_seed in ("1", "2"):
+        port = free_port()
+        with serve_process(_argv(port, *args), port, env={"PYTHONHASHSEED": hash_seed}) as s, \
+                httpx.Client(base_url=s.base, timeout=30) as c:
+            r = c.post("/api/v1/auth/login", json={"username": "admin", "password": "admin"})
+            h = {"Authorization": f"Bearer {r.json()['token']}"}
+            _recorded_calls(c, h)
+            answers.append(_world_gets(c, h))
+    first, second = answers
+    assert first.keys() == second.keys() and len(first) > 70  # 4 hosts, 14 VMs, 2 jobs
+    differ = [url for url in first if first[url] != second[url]]
+    assert not differ, differ[:5]
