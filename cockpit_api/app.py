@@ -94,6 +94,15 @@ class CockpitApp:
         self.auditor = Auditor(inner, services, index or (lambda: OperationIndex.of(inner)),
                                clock)
 
+    def drain(self) -> None:
+        """The server is stopping: every open event stream, in every world, ends now with a
+        last ``reset`` (reason ``shutdown``) and a ``retry`` hint; long polls answer."""
+        worlds = [self.services]
+        if self.services.sandboxes is not None:
+            worlds += [box.services for box in self.services.sandboxes.all()]
+        for services in worlds:
+            feed_of(services.backend).close_streams()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.inner(scope, receive, send)

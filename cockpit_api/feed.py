@@ -165,6 +165,8 @@ class Feed:
         self._subscribers = 0
         self._ticker: asyncio.Task[None] | None = None
         self._shapes = _shapes()
+        # The server is stopping (close_streams): streams end with a last event, polls answer.
+        self.closing = False
 
     # ------------------------------------------------------------------ positions
 
@@ -364,6 +366,11 @@ class Feed:
     def subscribers(self) -> int:
         return self._subscribers
 
+    def close_streams(self) -> None:
+        """The server is stopping: wake every subscriber, to end now (handlers/events.py)."""
+        self.closing = True
+        self.pulse()
+
     async def next(self, seq: int) -> None:
         """Until there are events after ``seq``, or the next pulse."""
         loop = self._bind()
@@ -379,7 +386,7 @@ class Feed:
         deadline = loop.time() + max(0.0, timeout)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
-                while self._seq <= seq:
+                while self._seq <= seq and not self.closing:
                     await self.next(seq)
         return self._seq > seq
 
