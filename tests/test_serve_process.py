@@ -5,11 +5,18 @@ Each test starts real servers on loopback ports (tests/serving.py).
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
 from tests.serving import free_port, serve_process
+from tests.sse import Frame, SseParser
 
 
 def _argv(port: int, *args: str) -> list[str]:
@@ -108,3 +115,108 @@ def test_two_servers_with_one_seed_clock_and_calls_answer_the_same_bytes() -> No
     assert first.keys() == second.keys() and len(first) > 70  # 4 hosts, 14 VMs, 2 jobs
     differ = [url for url in first if first[url] != second[url]]
     assert not differ, differ[:5]
+
+
+# ------------------------------------------------------------------ shutdown
+
+
+def _open_stream(base: str, token: str, last_id: str | None = None) -> socket.socket:
+    """A plain SSE client on a raw socket (no library between the test and the bytes)."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    extra = f"Last-Event-ID: {last_id}\r\n" if last_id else ""
+    sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+                 f"Authorization: Bearer {token}\r\n{extra}\r\n".encode())
+    return sock
+
+
+def _read_until(sock: socket.socket, marker: bytes | None, deadline: float) -> bytes:
+    """Bytes until ``marker`` appears, or (None) until the server closes; bounded."""
+    got = b""
+    while marker is None or marker not in got:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def _frames(raw: bytes) -> list[Frame]:
+    """The SSE frames in an HTTP/1.1 chunked answer's bytes (complete chunks only)."""
+    if b"\r\n\r\n" not in raw:
+        return []
+    body, data = raw.split(b"\r\n\r\n", 1)[1], b""
+    while b"\r\n" in body:
+        size_line, rest = body.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0 or len(rest) < size + 2:
+            break
+        data, body = data + rest[:size], rest[size + 2:]
+    return SseParser().feed(data)
+
+
+def _wait_for(sock: socket.socket, raw: bytes, until: Callable[[list[Frame]], bool],
+              deadline: float) -> tuple[bytes, list[Frame]]:
+    while not until(frames := _frames(raw)):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the frames wanted: {raw!r}"
+        raw += chunk
+    return raw, frames
+
+
+def test_shutdown_ends_streams_at_once_and_exits_in_bounded_time(tmp_path: Path) -> None:
+    """SIGTERM with streams open, a client that never reads and a body that never
+    arrives: every stream gets its last event (reset, reason shutdown) and a `retry:`
+    hint and ends, the process exits within --shutdown-timeout whatever the clients do
+    (it stayed alive as long as any stream did), and a client that reconnects to the
+    server started next, with its Last-Event-ID, is told to reset and then follows."""
+    port = free_port()
+    env = {"COCKPIT_STATE_DIR": str(tmp_path)}  # the next server keeps the sessions
+    argv = _argv(port, "--speed", "0", "--shutdown-timeout", "1")
+    with contextlib.ExitStack() as stack, serve_process(argv, port, env=env) as old:
+        assert old.proc is not None
+        login = httpx.post(f"{old.base}/api/v1/auth/login",
+                           json={"username": "admin", "password": "admin"})
+        token = login.json()["token"]
+        deadline = time.monotonic() + 10
+        readers = [_open_stream(old.base, token) for _ in range(3)]
+        for sock in readers:
+            stack.callback(sock.close)
+        for sock in readers:
+            _read_until(sock, b": position", deadline)  # subscribed
+        idle = _open_stream(old.base, token)  # never read from again
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stack.callback(idle.close)
+        stack.callback(stalled.close)
+        stalled.sendall(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"user")
+        started = time.monotonic()
+        old.proc.send_signal(signal.SIGTERM)
+        tails = [_read_until(sock, None, time.monotonic() + 10) for sock in readers]
+        old.proc.wait(timeout=15)  # on main: alive for as long as the streams stayed open
+        took = time.monotonic() - started
+        for tail in tails:
+            frames = SseParser().feed(tail.replace(b"\r\n", b"\n"))
+            assert b"retry: 1000\n" in tail, tail
+            assert frames[-1].event == "reset" and frames[-1].data["reason"] == "shutdown"
+            assert tail.endswith(b"0\r\n\r\n"), tail  # the chunked body's end: a clean close
+        last_id = frames[-1].id
+        assert last_id is not None and frames[-1].data["position"] == last_id
+        assert took < 1 + 4, f"exit took {took:.1f} s"  # the timeout, and margin for a busy CI
+        assert "Waiting for connections to close" not in old.log() or took < 5
+
+    with contextlib.ExitStack() as stack, serve_process(argv, port, env=env) as new:
+        sock = _open_stream(new.base, token, last_id)
+        stack.callback(sock.close)
+        deadline = time.monotonic() + 10
+        raw, frames = _wait_for(sock, b"", lambda fs: any(f.event == "reset" for f in fs),
+                                deadline)
+        reset = next(f for f in frames if f.event == "reset")
+        assert reset.data["reason"] == "other_stream"  # a new process: re-list, then follow
+        r = httpx.post(f"{new.base}/api/v1/vms/{OFF_VM}/action", json={"action": "start"},
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text  # the old token works on the new server
+        _raw, frames = _wait_for(sock, raw, lambda fs: any(
+            f.event == "vm" and f.data["status"] == "running" for f in fs), deadline)
