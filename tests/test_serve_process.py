@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -220,3 +221,69 @@ def test_shutdown_ends_streams_at_once_and_exits_in_bounded_time(tmp_path: Path)
         assert r.status_code == 200, r.text  # the old token works on the new server
         _raw, frames = _wait_for(sock, raw, lambda fs: any(
             f.event == "vm" and f.data["status"] == "running" for f in fs), deadline)
+
+
+# The page's side of a restart: follow with a ticket; on the last `reset` (reason
+# shutdown), close, and reopen with a new ticket and last_event_id as soon as a server
+# answers again (a ticket is single-use: EventSource's own retry would reuse it).
+FOLLOW_ACROSS_RESTARTS = """
+async () => {
+  const login = await fetch('/api/v1/auth/login', {method: 'POST',
+      headers: {'Content-Type': 'application/json'},
+      body: JSON.stringify({username: 'admin', password: 'admin'})});
+  const token = (await login.json()).token;
+  window.feed = [];
+  window.opened = 0;
+  const follow = async (lastId) => {
+    const t = await fetch('/api/v1/events/ticket', {method: 'POST',
+        headers: {Authorization: 'Bearer ' + token}});
+    const {ticket} = await t.json();
+    let url = '/api/v1/events?types=vm&ticket=' + encodeURIComponent(ticket);
+    if (lastId) url += '&last_event_id=' + encodeURIComponent(lastId);
+    const es = new EventSource(url);
+    es.onopen = () => { window.opened += 1; };
+    es.addEventListener('vm', (e) => window.feed.push({type: 'vm', data: JSON.parse(e.data)}));
+    es.addEventListener('reset', (e) => {
+      const data = JSON.parse(e.data);
+      window.feed.push({type: 'reset', data});
+      if (data.reason !== 'shutdown') return;
+      es.close();
+      const again = () => follow(e.lastEventId).catch(() => setTimeout(again, 100));
+      setTimeout(again, 100);
+    });
+  };
+  await follow(null);
+}
+"""
+
+
+def test_an_eventsource_page_follows_the_feed_across_a_restart(page: Any,
+                                                               tmp_path: Path) -> None:
+    """Headless Chromium: the page's EventSource gets the shutdown reset, reopens on the
+    next server with its last id, gets reset other_stream, then that server's changes."""
+    port = free_port()
+    env = {"COCKPIT_STATE_DIR": str(tmp_path)}
+    argv = _argv(port, "--speed", "0", "--shutdown-timeout", "1")
+    with serve_process(argv, port, env=env) as old:
+        assert old.proc is not None
+        page.goto(f"{old.base}/healthz")
+        page.evaluate(FOLLOW_ACROSS_RESTARTS)
+        page.wait_for_function("window.opened === 1")
+        old.proc.send_signal(signal.SIGTERM)
+        page.wait_for_function(
+            "window.feed.some(e => e.type === 'reset' && e.data.reason === 'shutdown')")
+        old.proc.wait(timeout=15)
+    with serve_process(argv, port, env=env) as new:
+        page.wait_for_function(
+            "window.opened === 2 && window.feed.some("
+            "e => e.type === 'reset' && e.data.reason === 'other_stream')")
+        admin = httpx.post(f"{new.base}/api/v1/auth/login",
+                           json={"username": "admin", "password": "admin"}).json()["token"]
+        r = httpx.post(f"{new.base}/api/v1/vms/{OFF_VM}/action", json={"action": "start"},
+                       headers={"Authorization": f"Bearer {admin}"})
+        assert r.status_code == 200, r.text
+        page.wait_for_function(
+            f"window.feed.some(e => e.type === 'vm' && e.data.id === '{OFF_VM}' "
+            "&& e.data.status === 'running')")
+    kinds = [(e["type"], e["data"].get("reason")) for e in page.evaluate("window.feed")]
+    assert kinds[:2] == [("reset", "shutdown"), ("reset", "other_stream")], kinds
