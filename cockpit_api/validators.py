@@ -22,28 +22,13 @@ import copy
 import typing as t
 from typing import Any
 
-from connexion.json_schema import Draft4RequestValidator, Draft4ResponseValidator, allow_nullable
+from connexion.json_schema import Draft4RequestValidator
 from connexion.lifecycle import ConnexionRequest
-from connexion.validators import (
-    VALIDATOR_MAP,
-    JSONRequestBodyValidator,
-    JSONResponseBodyValidator,
-    ParameterValidator,
-)
+from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
 from connexion.validators.parameter import draft4_format_checker, is_null, is_nullable
 from jsonschema import Draft4Validator, ValidationError
-from jsonschema.validators import extend
 
 from cockpit_api.problems import InvalidRequest, excerpt
-
-# OpenAPI 3.0.3: `nullable: true` adds null to what a schema allows. Connexion honours it
-# next to `type` and `enum` only, so a nullable reference written `allOf: [{$ref: X}]` with
-# `nullable: true` (the form every client generator types as `X | null`, see openapi.yaml
-# Vm.migration_id) refused null; schemathesis reads it as "X or null", and so do these.
-_NULLABLE_COMBINATIONS = {key: allow_nullable(Draft4Validator.VALIDATORS[key])
-                          for key in ("allOf", "anyOf", "oneOf")}
-RequestValidator = extend(Draft4RequestValidator, _NULLABLE_COMBINATIONS)
-ResponseValidator = extend(Draft4ResponseValidator, _NULLABLE_COMBINATIONS)
 
 # id(parameter spec) -> (the spec, kept alive so its id stays unique; its validator)
 _PARAMETERS: dict[int, tuple[dict[str, Any], Draft4Validator]] = {}
@@ -236,8 +221,8 @@ class CachedParameterValidator(ParameterValidator):
 class CachedJSONBodyValidator(JSONRequestBodyValidator):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._built = RequestValidator(self._schema,
-                                       format_checker=Draft4Validator.FORMAT_CHECKER)
+        self._built = Draft4RequestValidator(self._schema,
+                                             format_checker=Draft4Validator.FORMAT_CHECKER)
 
     @property
     def _validator(self) -> Any:
@@ -252,18 +237,7 @@ class CachedJSONBodyValidator(JSONRequestBodyValidator):
         return None
 
 
-class CachedJSONResponseValidator(JSONResponseBodyValidator):
-    """``--validate-responses``: Connexion's check, reading ``nullable`` as above."""
-
-    @property
-    def validator(self) -> Any:
-        return ResponseValidator(self._schema, format_checker=Draft4Validator.FORMAT_CHECKER)
-
-
 def validator_map() -> dict[str, Any]:
     body = copy.copy(VALIDATOR_MAP["body"])
     body["*/*json"] = CachedJSONBodyValidator
-    response = copy.copy(VALIDATOR_MAP["response"])
-    response["*/*json"] = CachedJSONResponseValidator
-    return {**VALIDATOR_MAP, "parameter": CachedParameterValidator, "body": body,
-            "response": response}
+    return {**VALIDATOR_MAP, "parameter": CachedParameterValidator, "body": body}
