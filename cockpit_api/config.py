@@ -15,6 +15,7 @@ Example ``cockpit.toml``::
     log_format = "json"            # or "text" (default)
     access_log = true              # one line per request (default off)
     metrics_token = "a long random string"   # /metrics then needs it as a bearer token
+    shutdown_timeout = 3.0         # after SIGTERM, cancel what still runs past it (seconds)
 
     [auth]
     jwt_secret = "at least 32 bytes of secret ......"   # optional: else generated, in the store
@@ -41,7 +42,8 @@ Example ``cockpit.toml``::
     [sim]
     scenario = "default"           # a name in scenarios/ or a file path
     speed = 1.0                    # virtual seconds per real second
-    clock_start = 1800000000       # pin the virtual clock's start (Unix s); default: now
+    clock_start = 2027-01-15T08:00:00Z   # pin the virtual clock's start (also Unix s, or
+                                   # an ISO 8601 string); default: now
     sandbox_max = 100              # how many sandboxes may exist at once (POST /_sim/sandboxes)
     sandbox_ttl = 1800             # default idle lifetime of a sandbox, seconds
     sandbox_vm_budget = 250000     # VMs in all sandboxes together (the large scenario: 100000)

@@ -167,3 +167,15 @@ def test_the_readme_table_lists_every_setting_with_its_variable_and_flag() -> No
         assert f"`{row.env(name)}`" in env, (key, env)
         assert (f"`{row.flag}`" in flag) if row.flag else not flag, (key, flag)
     assert set(listed) == {row.key(n) for n, row in SETTINGS.items()}
+
+
+def test_the_example_file_in_the_config_docstring_loads(tmp_path: Path) -> None:
+    from cockpit_api import config
+
+    doc = config.__doc__ or ""
+    example = doc[doc.index("::") + 2: doc.index("Every setting has")]
+    cfg = tmp_path / "cockpit.toml"
+    cfg.write_text("\n".join(line[4:] for line in example.splitlines()), encoding="utf-8")
+    s = Settings.load(cfg, env={}, state_dir=str(tmp_path))
+    assert (s.backend, s.clock_start, s.shutdown_timeout) == ("libvirt", 1_800_000_000.0, 3.0)
+    assert [h.name for h in s.hosts] == ["vapor-node-01"] and s.users[0].role == "admin"
