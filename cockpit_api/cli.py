@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import gc
 import getpass
@@ -102,7 +103,16 @@ def draining_server(config: Any, drain: Callable[[], None]) -> Any:
             drain()
             await super().shutdown(sockets)
 
+    # Past the timeout uvicorn cancels what still runs and says so in one line ("Cancel N
+    # running task(s)"); each cancelled request would add a traceback of the cancellation.
+    logging.getLogger("uvicorn.error").addFilter(_NoCancelledTracebacks())
     return _Server(config)
+
+
+class _NoCancelledTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
 
 
 _SECRET_QUERY = re.compile(r"([?&](?:ticket|token|access_token|refresh_token|password)=)[^&\s\"']*",
