@@ -18,6 +18,8 @@ import orjson
 import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
+
 
 class RawSpecs:
     """ASGI middleware: ``GET <mount><prefix>/openapi.{json,yaml}`` from the unresolved spec."""
@@ -33,7 +35,11 @@ class RawSpecs:
         self._cache: dict[tuple[str, str, str], bytes] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+        # Under /sandboxes/{id} with no such sandbox (unknown, expired, deleted), the spec is
+        # not served: the request goes on to its 404 sandbox_not_found, like every other URL
+        # of the gone sandbox.
+        if (scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
+                and MISSING_SANDBOX not in scope):
             # ASGI: ``path`` includes ``root_path`` (a sandbox's /sandboxes/{id} is both);
             # an app mounted under a prefix by a server may send it without.
             path: str = scope["path"]

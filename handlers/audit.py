@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from backends.base import InvalidArgument
 from cockpit_api.store import AuditEntry
-from handlers._common import Json, iso, ok, require_admin, services
+from handlers._common import Json, cached, iso, require_admin, services
 
 _PREFIX = "audit:"
 
@@ -52,5 +52,5 @@ async def list_audit(limit: int = 100, cursor: str | None = None) -> Response:
     rows = await asyncio.to_thread(store.audit_page, limit + 1, before)
     page = rows[:limit]
     more = len(rows) > limit and page[-1].id is not None
-    return ok({"entries": [_entry(e) for e in page],
-               "next_cursor": _cursor(page[-1].id) if more and page[-1].id else None})
+    return cached({"entries": [_entry(e) for e in page],
+                   "next_cursor": _cursor(page[-1].id) if more and page[-1].id else None})

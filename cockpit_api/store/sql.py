@@ -195,11 +195,11 @@ class SqlStore:
         current = self._current_revision()
         if current == HEAD:
             return
+        # Alembic narrates every step at INFO, its import included (seven "setup plugin"
+        # lines): quiet before importing it; one line of ours below says what changed.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         from alembic import command
         from alembic.config import Config
-
-        # Alembic narrates every step at INFO; one line of ours below says what changed.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
 
         with self.engine.begin() as conn:
             if self.kind == "postgresql":
