@@ -11,7 +11,9 @@ replica and within ``revocation_poll`` seconds on the others.
 Refresh tokens are ``<family>.<secret>``: the store keeps only the SHA-256 of a
 family's current token, and each refresh rotates it. A token of a live family
 that is not its current one was already spent: someone holds a copy, and the
-whole session is revoked (OAuth 2.0 security BCP). Spent tokens are not kept.
+whole session is revoked (OAuth 2.0 security BCP). Spent tokens are not kept,
+except the digest of the one the last refresh replaced, for ``refresh_grace``
+seconds: a retry of a refresh whose answer was lost gets a new pair, once.
 
 Throttling (OWASP): every attempt is counted in the store *before* the password
 is checked, atomically, per (user, address) and per address. A user's failures
@@ -140,6 +142,9 @@ class AuthSettings:
     leeway: int = 30
     # How long audit entries are kept (the upkeep below prunes them too).
     audit_retention: int = 90 * 86400
+    # Seconds after a rotation in which a retry of the replaced refresh token (its answer
+    # was lost) gets a new pair once, instead of revoking the session as reuse; 0: never.
+    refresh_grace: float = 10.0
 
 
 def _config_kid(secret: str) -> str:
@@ -268,15 +273,17 @@ class AuthService:
             raise AuthError("the refresh token is not valid", "invalid_refresh_token")
         new = f"{family}.{secrets.token_urlsafe(32)}"
         rot = self.store.rotate_refresh(family, _digest(refresh_token), _digest(new), now,
-                                        now + s.refresh_ttl)
+                                        now + s.refresh_ttl, grace=s.refresh_grace)
         if rot.outcome == "reused":
             # A spent token came back: someone holds a copy. The session is revoked.
             if rot.session is not None:
                 self._revoked[rot.session.sid] = now
             raise AuthError("the refresh token was already used; its session is revoked",
                             "refresh_token_reused")
-        if rot.outcome != "rotated" or rot.session is None:
+        if rot.outcome not in ("rotated", "retried") or rot.session is None:
             raise AuthError("the refresh token is not valid", "invalid_refresh_token")
+        if rot.outcome == "retried":
+            log.info("refresh retried within the grace: session %s continues", rot.session.sid)
         user = self.users.get(rot.session.username)
         if user is None:
             self._revoke(family, now, "user_removed")

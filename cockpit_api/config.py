@@ -23,11 +23,15 @@ Example ``cockpit.toml``::
     max_failures_per_user = 5      # login attempts per (user, address) per window
     max_failures_per_address = 50  # login attempts per address per window
     failure_window = 300           # seconds
+    refresh_grace = 10             # s: a retry of a just-rotated refresh token gets a pair, once
 
     [store]
     url = "postgresql://cockpit:PASSWORD@db.example/cockpit"   # default: sqlite in state_dir
     state_dir = "/var/lib/cockpit-api"   # default: $XDG_STATE_HOME/cockpit-api
     audit_retention_days = 90
+    audit_max_rows = 1000000       # newest audit rows kept (0: no cap; age still prunes)
+    sandbox_audit_max_rows = 2000  # the same for each sandbox's in-memory log
+    audit_reject_window = 60       # s: unauthenticated rejects are one counted row per window
 
     [limits]                       # hostile input (README "Limits")
     max_body_bytes = 1048576       # larger bodies: 413, never read past this
@@ -143,6 +147,10 @@ class Settings:
     max_failures_per_address: int = 50
     failure_window: int = 300
     audit_retention_days: int = 90
+    audit_max_rows: int = 1_000_000  # 0: no cap on rows
+    sandbox_audit_max_rows: int = 2000
+    audit_reject_window: int = 60  # seconds
+    refresh_grace: float = 10.0  # seconds; 0: a replaced refresh token is always reuse
     state_dir: str | None = None
     store_url: str | None = None
     scenario: str = "default"
@@ -266,6 +274,10 @@ class Settings:
             raise ConfigError("max_json_depth must be between 1 and 1000")
         if self.sandbox_max < 0 or self.sandbox_ttl <= 0:
             raise ConfigError("sandbox_max must be >= 0 and sandbox_ttl positive")
+        if min(self.audit_max_rows, self.sandbox_audit_max_rows) < 0 or \
+                self.audit_reject_window <= 0 or not 0 <= self.refresh_grace <= 300:
+            raise ConfigError("audit_max_rows and sandbox_audit_max_rows must be >= 0, "
+                              "audit_reject_window positive, refresh_grace 0..300 s")
         if self.cors_credentials and "*" in self.cors_origins:
             # Browsers refuse credentials with a wildcard origin: name the origins.
             raise ConfigError("cors_credentials needs explicit cors_origins, not \"*\"")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import secrets
 import threading
 import time
@@ -301,20 +302,32 @@ class SqlStore:
 
     @_unavailable
     def rotate_refresh(self, family: str, digest: str, new_digest: str, now: float,
-                       expires_at: float) -> Rotation:
+                       expires_at: float, grace: float = 0.0) -> Rotation:
         c = sessions.c
+        live = (c.family == family, c.revoked_at.is_(None), c.expires_at > now)
         with self._tx() as conn:
             # One conditional UPDATE: of two concurrent refreshes with one token,
-            # exactly one matches; the other then sees reuse.
+            # exactly one matches; the other then sees reuse (or, in the grace, a retry).
             row = conn.execute(
                 sessions.update()
-                .where(c.family == family, c.current_digest == digest, c.revoked_at.is_(None),
-                       c.expires_at > now)
+                .where(*live, c.current_digest == digest)
                 .values(current_digest=new_digest, generation=c.generation + 1,
-                        expires_at=expires_at)
+                        expires_at=expires_at, previous_digest=digest, rotated_at=now)
                 .returning(*sessions.c)).first()
             if row is not None:
                 return Rotation("rotated", self._session(row))
+            if grace > 0:
+                # The token the last rotation replaced, again and soon: the client never got
+                # that answer (a crash, a lost connection) and retries. Once: the grace is
+                # used up (previous_digest cleared), and the successor it missed is spent.
+                row = conn.execute(
+                    sessions.update()
+                    .where(*live, c.previous_digest == digest, c.rotated_at >= now - grace)
+                    .values(current_digest=new_digest, generation=c.generation + 1,
+                            expires_at=expires_at, previous_digest=None, rotated_at=now)
+                    .returning(*sessions.c)).first()
+                if row is not None:
+                    return Rotation("retried", self._session(row))
             row = conn.execute(sa.select(sessions).where(c.family == family)).first()
             if row is None or row.revoked_at is not None or row.expires_at <= now:
                 return Rotation("invalid", None if row is None else self._session(row))
@@ -534,15 +547,45 @@ class SqlStore:
 
     # -------------------------------------------------------------------- audit
 
+    @staticmethod
+    def _audit_values(e: AuditEntry) -> dict[str, Any]:
+        return dict(at=e.at, actor=e.actor, role=e.role, address=e.address,
+                    operation=e.operation, method=e.method, path=e.path[:2000],
+                    status=e.status, request_id=e.request_id, count=1)
+
+    @staticmethod
+    def _trim_audit(conn: Connection, newest: int, keep: int | None) -> None:
+        # Ids increase (PostgreSQL's may skip some): this keeps at most ``keep`` rows,
+        # one indexed range delete per append (nothing to delete: a single seek).
+        if keep is not None:
+            conn.execute(audit.delete().where(audit.c.id <= newest - keep))
+
     @_unavailable
-    def audit_append(self, entry: AuditEntry) -> int:
-        e = entry
+    def audit_append(self, entry: AuditEntry, keep: int | None = None) -> int:
         with self._tx() as conn:
-            new_id: int = conn.execute(audit.insert().values(
-                at=e.at, actor=e.actor, role=e.role, address=e.address, operation=e.operation,
-                method=e.method, path=e.path[:2000], status=e.status,
-                request_id=e.request_id).returning(audit.c.id)).scalar_one()
+            new_id: int = conn.execute(audit.insert().values(**self._audit_values(entry))
+                                       .returning(audit.c.id)).scalar_one()
+            self._trim_audit(conn, new_id, keep)
         return new_id
+
+    @_unavailable
+    def audit_count(self, entry: AuditEntry, window: float, keep: int | None = None) -> int:
+        a = audit.c
+        start = math.floor(entry.at / window) * window
+        bucket = f"{start:.0f}|{entry.method}|{entry.operation}|{entry.status}"
+        stmt = self._upsert(audit).values(**dict(self._audit_values(entry), at=start,
+                                                 bucket=bucket))
+        stmt = stmt.on_conflict_do_update(index_elements=[a.bucket],
+                                          set_={"count": a.count + 1})
+        with self._tx() as conn:
+            row_id: int = conn.execute(stmt.returning(a.id)).scalar_one()
+            self._trim_audit(conn, row_id, keep)
+        return row_id
+
+    @_unavailable
+    def probe_write(self, now: float) -> None:
+        # A real write transaction, committed: on a full disk this fails where ping reads.
+        self.kv_set("store.write_probe", f"{now:.3f}", now)
 
     @_unavailable
     def prune_audit(self, before: float) -> int:
@@ -558,4 +601,5 @@ class SqlStore:
             rows = conn.execute(q).all()
         return [AuditEntry(at=r.at, operation=r.operation, method=r.method, path=r.path,
                            status=r.status, actor=r.actor, role=r.role, address=r.address,
-                           request_id=r.request_id, id=r.id) for r in rows]
+                           request_id=r.request_id, id=r.id,
+                           count=r._mapping["count"]) for r in rows]  # (.count: tuple's)
