@@ -45,7 +45,14 @@ from typing import Any
 import jwt
 
 from cockpit_api.state import services_of
-from cockpit_api.store import MEMORY_URL, Session, Store, StoreUnavailable, open_store
+from cockpit_api.store import (
+    KEYS_CHANGED,
+    MEMORY_URL,
+    Session,
+    Store,
+    StoreUnavailable,
+    open_store,
+)
 
 ALGORITHM = "HS256"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -180,11 +187,14 @@ class AuthService:
         self._revoked: dict[str, float] = {}
         self._revoked_since = self.clock() - settings.token_ttl - settings.leeway
         self._store_down = False
-        with contextlib.suppress(StoreUnavailable):
-            self.poll_revocations()
+        self._keys_changed: str | None = None
         # Verified access tokens, so a client reusing its token costs one dict
         # lookup instead of an HMAC and a JSON parse per request.
         self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        with contextlib.suppress(StoreUnavailable):
+            if settings.secret is None:
+                self._keys_changed = self.store.kv_get(KEYS_CHANGED)
+            self.poll_revocations()
         self._task: asyncio.Task[None] | None = None
 
     # --------------------------------------------------------------- keys
@@ -212,6 +222,30 @@ class AuthService:
                                       self.clock() + s.token_ttl + s.leeway + 120)
         self._load_keys()
         return self._current_kid
+
+    def current_kid(self) -> str:
+        """The kid that signs new tokens, as the store says now."""
+        if self.settings.secret is None:
+            self._load_keys()
+        return self._current_kid
+
+    def revoke_key(self, kid: str) -> bool:
+        """Retire a (leaked) key at once: tokens it signed are refused everywhere, within
+        a revocation poll (a second). False: no such key in the store."""
+        if self.settings.secret is not None:
+            raise ValueError("the signing key is configured (jwt_secret): change it there")
+        return self.store.revoke_signing_key(kid, self.clock())
+
+    def _poll_keys(self) -> None:
+        """Drop the keys revoked elsewhere (``rotate-key --revoke``), and the tokens they
+        signed from the verified-token cache."""
+        if self.settings.secret is not None:
+            return
+        changed = self.store.kv_get(KEYS_CHANGED)
+        if changed != self._keys_changed:
+            self._keys_changed = changed
+            self._load_keys()
+            self._verified.clear()
 
     def _key_for(self, kid: str | None) -> str | None:
         if kid is None:
@@ -325,6 +359,7 @@ class AuthService:
         for sid, at in self.store.revocations_since(since):
             self._revoked[sid] = at
             self._revoked_since = max(self._revoked_since, at)
+        self._poll_keys()
 
     def prune(self) -> None:
         """Bounded tables: sessions, counters and the revoked set forget what is over."""

@@ -176,7 +176,7 @@ class Settings:
 
     @classmethod
     def load(cls, path: str | Path | None = None, env: dict[str, str] | None = None,
-             **overrides: Any) -> Settings:
+             *, create_state: bool = True, **overrides: Any) -> Settings:
         s = cls()
         if path is not None:
             try:
@@ -191,21 +191,27 @@ class Settings:
             if value is not None:
                 setattr(s, key, value)
         s._check()
-        s.resolve_state(os.environ if env is None else env)
+        s.resolve_state(os.environ if env is None else env, create=create_state)
         return s
 
-    def resolve_state(self, env: Any) -> None:
-        """The state directory (created 0700) and the store URL, when not given."""
+    def resolve_state(self, env: Any, *, create: bool = True) -> None:
+        """The state directory (created 0700; an existing one must be private) and the
+        store URL, when not given. ``create=False``: a missing directory is left missing
+        (``rotate-key`` then says there is no store, rather than making an empty one)."""
         if self.store_url is not None and self.state_dir is None:
             return  # a database elsewhere: nothing to keep on this disk
         if self.state_dir is None:
             base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
             self.state_dir = str(Path(base) / "cockpit-api")
         path = Path(self.state_dir)
-        try:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"state directory {path}: {exc.strerror}") from None
+        if create or path.exists():
+            try:
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"state directory {path}: {exc.strerror}") from None
+            from cockpit_api.store.statedir import check_private
+
+            check_private(path)  # StoreError: one line, exit 2
         if self.store_url is None:
             from cockpit_api.store import default_url
 

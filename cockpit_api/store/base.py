@@ -67,6 +67,9 @@ from typing import Any, Literal, Protocol
 
 from backends.base import Conflict, Unavailable
 
+# When a signing key was last revoked (key/value): servers poll it and drop the key at once.
+KEYS_CHANGED = "jwt.keys_revoked_at"
+
 RotateOutcome = Literal["rotated", "retried", "reused", "invalid"]
 
 
@@ -181,6 +184,11 @@ class Store(Protocol):
 
     def rotate_signing_key(self, now: float, retire_after: float) -> SigningKey:
         """Make a new current key; the old one verifies until ``retire_after``."""
+        ...
+
+    def revoke_signing_key(self, kid: str, now: float) -> bool:
+        """Delete the key now (a new current key first, if it was current), and note
+        when in the key/value ``jwt.keys_revoked_at`` that servers poll; False: no such key."""
         ...
 
     # ---- sessions and refresh tokens

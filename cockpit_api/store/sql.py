@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from cockpit_api.store.base import (
+    KEYS_CHANGED,
     AuditEntry,
     Counter,
     JobConflict,
@@ -47,6 +48,7 @@ from cockpit_api.store.schema import (
     sessions,
     signing_keys,
 )
+from cockpit_api.store.statedir import private_file
 
 log = logging.getLogger("cockpit_api.store")
 
@@ -109,7 +111,7 @@ def _unavailable(fn: Callable[P, R]) -> Callable[P, R]:
 class SqlStore:
     """:class:`cockpit_api.store.base.Store` on SQLite or PostgreSQL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.display_url = display_url(url)
         # Called with (method name, seconds) after every call: the app's metrics.
         self.observer: Callable[[str, float], None] | None = None
@@ -122,6 +124,10 @@ class SqlStore:
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             self.kind = "sqlite"
+            if not create and parsed.database not in (None, "", ":memory:") and \
+                    not Path(parsed.database).is_file():
+                raise StoreError(f"there is no store at {parsed.database}: is the state "
+                                 "directory right? (`serve` makes the store)")
             try:
                 self.engine = self._sqlite_engine(parsed)
             except OSError as exc:
@@ -141,6 +147,10 @@ class SqlStore:
             raise StoreError(f"the store URL {self.display_url} is neither sqlite:// nor "
                              "postgresql://")
         try:
+            if not create and self._current_revision() is None:
+                self.engine.dispose()
+                raise StoreError(f"the database {self.display_url} holds no store (no "
+                                 "schema): is the URL right? (`serve` makes the store)")
             self._migrate()
         except (sa_exc.DBAPIError, OSError) as exc:
             self.engine.dispose()
@@ -151,7 +161,10 @@ class SqlStore:
     def _sqlite_engine(parsed: sa.URL) -> Engine:
         memory = parsed.database in (None, "", ":memory:")
         if not memory and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(parsed.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # 0600 before SQLite opens it (it gives -wal and -shm the file's mode): the
+            # signing keys are in it. An older, wider file is narrowed.
+            private_file(Path(parsed.database))
         engine = sa.create_engine(
             parsed, connect_args={"check_same_thread": False, "timeout": 30},
             **({"poolclass": StaticPool} if memory else {}))
@@ -284,6 +297,21 @@ class SqlStore:
             conn.execute(signing_keys.delete().where(signing_keys.c.retire_after < now))
             row = conn.execute(sa.select(signing_keys).where(signing_keys.c.kid == kid)).one()
         return SigningKey(row.kid, row.secret, row.created_at, row.retire_after)
+
+    @_unavailable
+    def revoke_signing_key(self, kid: str, now: float) -> bool:
+        with self._tx() as conn:
+            if conn.execute(sa.select(signing_keys.c.kid)
+                            .where(signing_keys.c.kid == kid)).first() is None:
+                return False
+            current = conn.execute(sa.select(kv.c.value).where(kv.c.key == _CURRENT_KID)).scalar()
+            if current == kid:
+                self._new_key(conn, now, replace=True)
+            conn.execute(signing_keys.delete().where(signing_keys.c.kid == kid))
+            stmt = self._upsert(kv).values(key=KEYS_CHANGED, value=f"{now:.6f}", updated_at=now)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[kv.c.key], set_={"value": f"{now:.6f}", "updated_at": now}))
+        return True
 
     # ----------------------------------------------------------------- sessions
 
@@ -584,8 +612,15 @@ class SqlStore:
 
     @_unavailable
     def probe_write(self, now: float) -> None:
-        # A real write transaction, committed: on a full disk this fails where ping reads.
-        self.kv_set("store.write_probe", f"{now:.3f}", now)
+        # A real write, committed, and larger than an audit row (16 KiB: several pages, as
+        # many log frames): where it succeeds, an entry fits. On a full disk it fails
+        # where ping (a read) still succeeds.
+        value = f"{now:.3f} " + secrets.token_hex(8192)
+        stmt = self._upsert(kv).values(key="store.write_probe", value=value, updated_at=now)
+        stmt = stmt.on_conflict_do_update(index_elements=[kv.c.key],
+                                          set_={"value": value, "updated_at": now})
+        with self._tx() as conn:
+            conn.execute(stmt)
 
     @_unavailable
     def prune_audit(self, before: float) -> int:
