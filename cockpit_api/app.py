@@ -201,7 +201,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         AuthSettings(settings.jwt_secret or None, settings.jwt_issuer, settings.jwt_audience,
                      settings.token_ttl, settings.refresh_ttl, settings.max_failures_per_user,
                      settings.max_failures_per_address, settings.failure_window,
-                     audit_retention=settings.audit_retention_days * 86400),
+                     audit_retention=settings.audit_retention_days * 86400,
+                     refresh_grace=settings.refresh_grace),
         clock=auth_clock, store=store, hasher=hasher, throttle=throttle,
     )
     services = Services(backend, auth, settings, Metrics(backend.info.kind, _version()),
@@ -302,16 +303,28 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_error_handler(HTTPException, problems.on_http_exception)
     app.add_error_handler(UnicodeDecodeError, problems.on_bad_encoding)
     app.add_error_handler(Exception, problems.on_unexpected)
-    return CockpitApp(AccessMiddleware(app, services, access_log=writer), services, sleep,
-                      auth_clock, index=lambda: OperationIndex.of(app))
+    cockpit = CockpitApp(AccessMiddleware(app, services, access_log=writer), services, sleep,
+                         auth_clock, index=lambda: OperationIndex.of(app))
+    services.ready_checks["store"] = functools.partial(_store_ready, services, cockpit.auditor)
+    return cockpit
 
 
-async def _store_ready(services: Services) -> str | None:
-    """The store answers a query (logins, refreshes and the audit log need it)."""
+async def _store_ready(services: Services, auditor: Auditor | None = None) -> str | None:
+    """The store answers a query and commits a write (logins, refreshes and the audit
+    log need both; a full disk reads but does not write)."""
+    store = services.auth.store
     try:
-        await asyncio.to_thread(services.auth.store.ping)
+        await asyncio.to_thread(store.ping)
     except Exception:  # StoreUnavailable, or whatever a dead connection raises
         return "the state store cannot be reached"
+    try:
+        await asyncio.to_thread(store.probe_write, services.auth.clock())
+    except Exception:
+        if auditor is not None:
+            auditor.failed(store)
+        return "the state store cannot write (a full disk?): writes answer 503"
+    if auditor is not None:
+        auditor.recovered(store)
     return None
 
 

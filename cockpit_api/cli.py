@@ -29,6 +29,14 @@ def _serve(args: argparse.Namespace) -> int:
         validate_responses=args.validate_responses or None,
         access_log=args.access_log or None,
     )
+    held = None
+    if settings.state_dir is not None:
+        from pathlib import Path
+
+        from cockpit_api.store.statedir import lock
+
+        # Held until the process ends: a second server on this directory exits 2 here.
+        held = lock(Path(settings.state_dir))
     # Before importing the app: its imports can warn, and warnings are log records too.
     logs.configure(settings.log_format, args.log_level)
     # Connexion says "Adding spec json: ..." once per spec on every start; the banner below
@@ -92,6 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
         draining_server(config, app.drain).run()
     finally:
         app.services.auth.store.close()
+        if held is not None:
+            held.close()
     return 0
 
 
@@ -174,15 +184,26 @@ def _rotate_key(args: argparse.Namespace) -> int:
     from cockpit_api.auth import AuthService, AuthSettings
     from cockpit_api.store import open_store
 
+    # create_state=False: a mistyped --state-dir is an error, not a new empty store.
     settings = Settings.load(args.config, flags={"state_dir": args.state_dir,
-                                                 "store_url": args.store_url})
+                                                 "store_url": args.store_url},
+                             create_state=False)
     if settings.jwt_secret:
         print("the signing key is configured (jwt_secret): change it there", file=sys.stderr)
         return 2
     assert settings.store_url is not None  # resolve_state sets it
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, create=False)
     try:
         auth = AuthService([], AuthSettings(None, token_ttl=settings.token_ttl), store=store)
+        if args.revoke is not None:
+            if not auth.revoke_key(args.revoke):
+                known = ", ".join(k.kid for k in store.signing_keys())
+                print(f"cockpit-api: there is no signing key {args.revoke!r} in the store "
+                      f"(its keys: {known})", file=sys.stderr)
+                return 2
+            print(f"signing key {args.revoke} revoked: tokens it signed are refused by every "
+                  f"server within a second; the current key is {auth.current_kid()}")
+            return 0
         kid = auth.rotate_key()
     finally:
         store.close()
@@ -247,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(old tokens verify until they expire)")
     rk.add_argument("--config", default=None, help="TOML config file")
     _add_store_options(rk)
+    rk.add_argument("--revoke", default=None, metavar="KID",
+                    help="retire this key at once (a leak): tokens it signed are refused "
+                         "everywhere; if it is the current key, a new one replaces it")
     rk.set_defaults(func=_rotate_key)
 
     from cockpit_api import conformance, snapshot, twin

@@ -27,11 +27,15 @@ Example ``cockpit.toml``::
     failure_window = 300           # seconds
     password_hash_workers = 2      # threads for scrypt (logins, sandboxes' users), off the loop
     password_hash_cache = 1024     # sandboxes' demo users' hashes kept for reuse (LRU)
+    refresh_grace = 10             # s: a retry of a just-rotated refresh token gets a pair, once
 
     [store]
     url = "postgresql://cockpit:PASSWORD@db.example/cockpit"   # default: sqlite in state_dir
     state_dir = "/var/lib/cockpit-api"   # default: $XDG_STATE_HOME/cockpit-api
     audit_retention_days = 90
+    audit_max_rows = 1000000       # newest audit rows kept (0: no cap; age still prunes)
+    sandbox_audit_max_rows = 2000  # the same for each sandbox's in-memory log
+    audit_reject_window = 60       # s: unauthenticated rejects are one counted row per window
 
     [limits]                       # hostile input (README "Limits")
     max_body_bytes = 1048576       # larger bodies: 413, never read past this
@@ -271,10 +275,16 @@ SETTINGS: dict[str, Setting] = {
     "max_failures_per_user": Setting("auth", _COUNT),
     "max_failures_per_address": Setting("auth", _COUNT),
     "failure_window": Setting("auth", _positive("a positive number of seconds", integer=True)),
+    "refresh_grace": Setting("auth", Number("a number of seconds from 0 to 300", 0, 300)),
     "password_hash_workers": Setting("auth", Number("an integer from 1 to 64", 1, 64,
                                                     integer=True)),
     "password_hash_cache": Setting("auth", Number("an integer from 0", 0, integer=True)),
     "audit_retention_days": Setting("store", _COUNT),
+    "audit_max_rows": Setting("store", Number("an integer from 0 (no cap)", 0, integer=True)),
+    "sandbox_audit_max_rows": Setting("store", Number("an integer from 0 (no cap)", 0,
+                                                      integer=True)),
+    "audit_reject_window": Setting("store", _positive("a positive number of seconds",
+                                                      integer=True)),
     "state_dir": Setting("store", Text("a directory", optional=True), "--state-dir"),
     "store_url": Setting("store", Text("sqlite:///PATH or postgresql://USER:PASS@HOST/DB",
                                        optional=True), "--store", file_key="url", secret=True),
@@ -380,6 +390,10 @@ class Settings:
     password_hash_workers: int = 2  # threads for scrypt; bounds the cores logins take
     password_hash_cache: int = 1024  # sandbox users' hashes kept (LRU), by (user, password)
     audit_retention_days: int = 90
+    audit_max_rows: int = 1_000_000  # 0: no cap on rows
+    sandbox_audit_max_rows: int = 2000
+    audit_reject_window: int = 60  # seconds
+    refresh_grace: float = 10.0  # seconds; 0: a replaced refresh token is always reuse
     state_dir: str | None = None
     store_url: str | None = None
     scenario: str = "default"
@@ -417,7 +431,8 @@ class Settings:
 
     @classmethod
     def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None,
-             flags: Mapping[str, str | None] | None = None, **overrides: Any) -> Settings:
+             flags: Mapping[str, str | None] | None = None, *, create_state: bool = True,
+             **overrides: Any) -> Settings:
         """Defaults, then the file, then the environment, then ``flags`` (the text of the
         ``serve`` flags given, by setting name), then ``overrides`` (typed values)."""
         s = cls()
@@ -442,7 +457,7 @@ class Settings:
             if value is not None:
                 setattr(s, key, value)
         s._check()
-        s.resolve_state(env)
+        s.resolve_state(env, create=create_state)
         return s
 
     def _set(self, name: str, row: Setting, value: Any, source: str) -> None:
@@ -452,18 +467,24 @@ class Settings:
             raise ConfigError(f"{row.key(name)} from {source}: expected {row.kind.expected}, "
                               f"got {_shown(value, row.secret)}") from None
 
-    def resolve_state(self, env: Any) -> None:
-        """The state directory (created 0700) and the store URL, when not given."""
+    def resolve_state(self, env: Any, *, create: bool = True) -> None:
+        """The state directory (created 0700; an existing one must be private) and the
+        store URL, when not given. ``create=False``: a missing directory is left missing
+        (``rotate-key`` then says there is no store, rather than making an empty one)."""
         if self.store_url is not None and self.state_dir is None:
             return  # a database elsewhere: nothing to keep on this disk
         if self.state_dir is None:
             base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
             self.state_dir = str(Path(base) / "cockpit-api")
         path = Path(self.state_dir)
-        try:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"state directory {path}: {exc.strerror}") from None
+        if create or path.exists():
+            try:
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"state directory {path}: {exc.strerror}") from None
+            from cockpit_api.store.statedir import check_private
+
+            check_private(path)  # StoreError: one line, exit 2
         if self.store_url is None:
             from cockpit_api.store import default_url
 
@@ -513,6 +534,10 @@ class Settings:
                               "(e.g. [\"10.0.0.5\", \"10.1.0.0/16\"])")
         if self.sandbox_max < 0 or self.sandbox_ttl <= 0:
             raise ConfigError("sandbox_max must be >= 0 and sandbox_ttl positive")
+        if min(self.audit_max_rows, self.sandbox_audit_max_rows) < 0 or \
+                self.audit_reject_window <= 0 or not 0 <= self.refresh_grace <= 300:
+            raise ConfigError("audit_max_rows and sandbox_audit_max_rows must be >= 0, "
+                              "audit_reject_window positive, refresh_grace 0..300 s")
         if self.cors_credentials and "*" in self.cors_origins:
             # Browsers refuse credentials with a wildcard origin: name the origins.
             raise ConfigError("cors_credentials needs explicit cors_origins, not \"*\"")

@@ -197,7 +197,8 @@ class SandboxRegistry:
                 # Its own secret: a token of one world (or of the default one) is refused here.
                 AuthSettings(secrets.token_urlsafe(32), s.jwt_issuer, s.jwt_audience,
                              s.token_ttl, s.refresh_ttl, s.max_failures_per_user,
-                             s.max_failures_per_address, s.failure_window),
+                             s.max_failures_per_address, s.failure_window,
+                             refresh_grace=s.refresh_grace),
                 clock=self.clock, hasher=self.hasher, throttle=self._throttle,
             )
             sid = secrets.token_hex(8)
