@@ -258,10 +258,12 @@ async () => {
 """
 
 
-def test_an_eventsource_page_follows_the_feed_across_a_restart(page: Any,
+def test_an_eventsource_page_follows_the_feed_across_a_restart(page: Any, console: Any,
                                                                tmp_path: Path) -> None:
     """Headless Chromium: the page's EventSource gets the shutdown reset, reopens on the
     next server with its last id, gets reset other_stream, then that server's changes."""
+    # Between the two servers the page's retries find nothing listening: expected here.
+    console.allow(r"Failed to load resource: net::ERR_CONNECTION_REFUSED")
     port = free_port()
     env = {"COCKPIT_STATE_DIR": str(tmp_path)}
     argv = _argv(port, "--speed", "0", "--shutdown-timeout", "1")
