@@ -485,5 +485,11 @@ def test_a_scenario_file_the_page_or_the_server_refuses_says_why(
     page.get_by_role("button", name="Load").click()
     page.locator(".problem[data-status='400']").wait_for()
     assert len(sent) == 1 and sent[0].endswith("/_sim/scenario")
+    # And the same file in the sandbox form: its 400, and no sandbox made.
+    page.locator("#sandbox-file").set_input_files(str(bad))
+    page.locator("#sandbox-new").click()
+    page.locator(".problem[data-status='400']", has_text="New sandbox").wait_for()
+    assert len(sent) == 2 and sent[1].endswith("/_sim/sandboxes")
+    assert page.locator("li[data-sandbox]").count() == 0
     # The world was kept.
     assert page.locator("[data-sim='inventory']").inner_text() == "4 hosts, 14 VMs"
