@@ -422,10 +422,20 @@ def test_audit_entries_store_actors_and_paths_escaped() -> None:
                               json={"username": "eve" + FORGED, "password": "x"})
         assert r.status_code == 401
         admin = await w.login()
+        # An admin's write to a path with a newline: its row is the admin's, path escaped.
+        r = await w.http.post(f"{API}/vms/x%0aINFO%20forged/action?dry_run=true",
+                              headers={**admin, "X-Forwarded-For": "<script>"},
+                              json={"action": "start"})
+        assert r.status_code == 400  # not a VM id (the path's pattern)
         entries = (await w.http.get(f"{API}/audit", headers=admin)).json()["entries"]
+        # The failed login is counted (issue 18 item 5): the name it tried is the client's
+        # text, and no row keeps it.
         tried = next(e for e in entries if e["status"] == 401)
-        assert tried["actor"].startswith("eve\\x0aINFO") and "\n" not in tried["actor"]
-        assert tried["address"] == "127.0.0.1"  # httpx's ASGI client, not X-Forwarded-For
+        assert tried["actor"] is None and tried["address"] is None
+        written = next(e for e in entries if e["status"] == 400)
+        assert written["path"].startswith(f"{API}/vms/x\\x0aINFO") and "\n" not in written["path"]
+        assert written["actor"] == "admin"
+        assert written["address"] == "127.0.0.1"  # httpx's ASGI client, not X-Forwarded-For
 
     run(body)
 
@@ -694,12 +704,13 @@ def test_served_logs_carry_no_forged_line_and_no_secret(fmt: str, tmp_path: Path
         assert c.get("/metrics", headers={"Authorization": f"bearer {metrics_token}"}
                      ).status_code == 200
         # The X-Forwarded-For of a local process is not believed (no trusted proxies).
-        c.post(f"{API}/auth/login", headers={"X-Forwarded-For": "<script>"},
-               json={"username": "admin", "password": "wrong"})
         admin = {"Authorization": f"Bearer {_token(server.base)}"}
+        c.post(f"{API}/vms/{VM}/action?dry_run=true", json={"action": "start"},
+               headers={**admin, "X-Forwarded-For": "<script>"})
         entries = c.get(f"{API}/audit", headers=admin).json()["entries"]
         c.close()
-        assert {e["address"] for e in entries} == {"127.0.0.1"}
+        # (Rows that count anonymous rejects keep no address at all.)
+        assert {e["address"] for e in entries if e["actor"] is not None} == {"127.0.0.1"}
         assert any(e["actor"] == "ops\\x0aINFO cockpit_api.access: POST /forged 200 "
                    "user=admin\\x0d\\u2028\\x1b[2J\\u202e" for e in entries)
         time.sleep(0.3)  # the JSON access log writes its lines in batches, 0.1 s at most
@@ -720,13 +731,15 @@ def test_served_logs_carry_no_forged_line_and_no_secret(fmt: str, tmp_path: Path
 def test_served_trusted_proxies_are_believed_and_nobody_else() -> None:
     with _serve("--log-level", "warning", env={"COCKPIT_TRUSTED_PROXIES": "127.0.0.1"}) as server:
         c = httpx.Client(base_url=server.base, timeout=10)
-        for forwarded in ("203.0.113.7", "<script>"):
-            c.post(f"{API}/auth/login", headers={"X-Forwarded-For": forwarded},
-                   json={"username": "admin", "password": "wrong"})
         admin = {"Authorization": f"Bearer {_token(server.base)}"}
+        for forwarded in ("203.0.113.7", "<script>"):
+            c.post(f"{API}/vms/{VM}/action?dry_run=true", json={"action": "start"},
+                   headers={**admin, "X-Forwarded-For": forwarded})
         entries = c.get(f"{API}/audit", headers=admin).json()["entries"]
         c.close()
-    assert [e["address"] for e in entries if e["status"] == 401] == [None, "203.0.113.7"]
+    # Newest first: the proxy's "<script>" is no address; 203.0.113.7 is believed.
+    assert [e["address"] for e in entries if e["path"].endswith("/action")] == \
+        [None, "203.0.113.7"]
 
 
 def test_stream_gate_counts_release_once() -> None:
