@@ -98,10 +98,10 @@ def _reference_calls(models: Any, api: Any, base: str, token: str) -> None:
 
     started = vm_action.sync(OFF_VM, client=api, body=models.ActionRequest(
         action=models.VmAction.START))
-    assert isinstance(started, models.Vm) and started.status == models.VmStatus.RUNNING
+    assert isinstance(started, models.VmActionResult) and started.status == models.VmStatus.RUNNING
     stopped = vm_action.sync(OFF_VM, client=api, body=models.ActionRequest(
         action=models.VmAction.STOP, force=True))
-    assert isinstance(stopped, models.Vm) and stopped.status == models.VmStatus.SHUTOFF
+    assert isinstance(stopped, models.VmActionResult) and stopped.status == models.VmStatus.SHUTOFF
     conflict = vm_action.sync(OFF_VM, client=api, body=models.ActionRequest(
         action=models.VmAction.STOP, force=True))
     assert isinstance(conflict, models.Problem)

@@ -137,7 +137,9 @@ class Served:
 @contextlib.contextmanager
 def served_lab(lab_env: dict[str, str], tmp_path: Path, *, bandwidth: int = 20,
                wait_ready: bool = True, store: str | None = None) -> Iterator[Served]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
+    # 0700: serve refuses a state dir other users can read (its store holds the signing keys).
+    tmp_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp_path.chmod(0o700)
     config = tmp_path / "cockpit.toml"
     config.write_text(
         'backend = "libvirt"\n\n[libvirt]\n'
