@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from backends.base import (
+from cockpit_api.backends.base import (
     FINAL_MIGRATION_STATUSES,
     CursorKind,
     Host,

@@ -277,11 +277,11 @@ async def in_process(args: argparse.Namespace) -> dict[str, Any]:
     the change was made; CPU = this process's CPU time over the window.
     """
     sys.path.insert(0, str(ROOT))
-    from backends import scenario
-    from backends.sim import SimulatedBackend, VirtualClock
     from cockpit_api.app import create_app
+    from cockpit_api.backends.sim import scenario
+    from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
     from cockpit_api.config import Settings
-    from cockpit_api.feed import feed_of
+    from cockpit_api.feed.changes import feed_of
 
     sim = SimulatedBackend(scenario.load("default"), VirtualClock(time.time(), speed=1.0))
     app = create_app(Settings(jwt_secret=SECRET), backend=sim)

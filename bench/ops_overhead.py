@@ -49,7 +49,7 @@ def bytecodes() -> int:
 
     from cockpit_api.app import create_app
     from cockpit_api.config import Settings
-    from cockpit_api.logs import JsonAccessLog
+    from cockpit_api.ops.logs import JsonAccessLog
 
     app = create_app(Settings(jwt_secret="bench-secret-" + "x" * 32))
     layer = app.inner  # the AccessMiddleware around the Connexion app

@@ -59,7 +59,7 @@ LAYERS: list[tuple[str, str]] = [
     ("Connexion handler invocation: decorators, response conversion",
      r"connexion/(decorators/|apps/asynchronous|frameworks/)"),
     ("our handler + backend (handlers/, backends/)", r"handlers/|backends/"),
-    ("JSON serialisation (json.dumps in handlers._common.ok)", r"json/"),
+    ("JSON serialisation (json.dumps in cockpit_api.handlers._common.ok)", r"json/"),
     ("starlette Response object", r"starlette/responses\.py"),
 ]
 _COMPILED = [(name, re.compile(rx)) for name, rx in LAYERS]
@@ -78,9 +78,9 @@ WATCH: list[tuple[str, str]] = [
     ("ConnexionRequest + starlette Request construction", r"^(ConnexionRequest|Request)\.__init__"),
     ("query string parsing (QueryParams + URI parser)",
      r"^QueryParams\.__init__|^OpenAPIURIParser\.resolve_query|^AbstractURIParser\.resolve_query"),
-    ("handlers.vms.list_vms", r"^list_vms \(handlers/vms\.py\)"),
+    ("cockpit_api.handlers.vms.list_vms", r"^list_vms \(handlers/vms\.py\)"),
     ("backend.list_vms (settle + page)", r"list_vms \(backends/"),
-    ("handlers._common.ok (json.dumps + Response)", r"^ok \(handlers/_common\.py\)"),
+    ("cockpit_api.handlers._common.ok (json.dumps + Response)", r"^ok \(handlers/_common\.py\)"),
     ("json.dumps", r"^dumps \(json/"),
     ("pyjwt decode", r"\(jwt/"),
     ("AuthService.verify (token cache hit)", r"^AuthService\.verify"),

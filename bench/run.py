@@ -846,7 +846,7 @@ class Bench:
 
 
 def ceiling_token(secret: str) -> str:
-    """A token shaped like ours (cockpit_api.auth.AuthService._issue), for the ceiling."""
+    """A token shaped like ours (cockpit_api.auth.service.AuthService._issue), for the ceiling."""
     import jwt
 
     now = int(time.time())

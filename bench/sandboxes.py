@@ -97,9 +97,9 @@ def _heap(count: int) -> dict[str, float]:
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
     sys.path.insert(0, str(ROOT))
-    from backends.base import PageRequest, VmFilter
+    from cockpit_api.backends.base import PageRequest, VmFilter
     from cockpit_api.config import Settings
-    from cockpit_api.sandboxes import SandboxRegistry
+    from cockpit_api.sandboxes.registry import SandboxRegistry
 
     registry = SandboxRegistry(Settings(sandbox_max=count + 1), time.time, [])
 

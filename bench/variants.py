@@ -77,8 +77,8 @@ def p_page_cache() -> None:
     """
     from starlette.responses import Response
 
-    from backends import inventory
-    from handlers import _common, vms
+    from cockpit_api.backends import inventory
+    from cockpit_api.handlers import _common, vms
 
     generation = [0]  # one counter for every inventory: a new scenario never reuses a value
 

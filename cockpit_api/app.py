@@ -29,11 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from backends.base import Backend, BackendError, PageRequest
-from cockpit_api import logs, problems, web
-from cockpit_api.access import AccessMiddleware
-from cockpit_api.audit import READS, Auditor, OperationIndex
-from cockpit_api.auth import (
+from cockpit_api.auth.service import (
     AuthError,
     AuthService,
     AuthSettings,
@@ -41,22 +37,29 @@ from cockpit_api.auth import (
     bearer_info,
     hash_password,
 )
+from cockpit_api.backends.base import Backend, BackendError, PageRequest
 from cockpit_api.config import ConfigError, Settings
-from cockpit_api.feed import feed_of
-from cockpit_api.limits import BodyLimits, RequestLimits
-from cockpit_api.pipeline import middlewares as compiled_pipeline
-from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
-from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
-from cockpit_api.sandboxes import SandboxRegistry
-from cockpit_api.served_spec import RawSpecs
+from cockpit_api.feed.changes import feed_of
+from cockpit_api.http import problems, web
+from cockpit_api.http.access import AccessMiddleware
+from cockpit_api.http.body_limits import BodyLimits, RequestLimits
+from cockpit_api.http.pipeline import middlewares as compiled_pipeline
+from cockpit_api.http.served_spec import RawSpecs
+from cockpit_api.http.validators import validator_map
+from cockpit_api.ops import logs
+from cockpit_api.ops.audit import READS, Auditor, OperationIndex
+from cockpit_api.ops.prometheus import Metrics
+from cockpit_api.sandboxes.registry import MISSING_KEY as MISSING_SANDBOX
+from cockpit_api.sandboxes.registry import PREFIX as SANDBOX_PREFIX
+from cockpit_api.sandboxes.registry import SandboxRegistry
 from cockpit_api.state import SCOPE_KEY, Services
 from cockpit_api.store import MEMORY_URL, Store, open_store
-from cockpit_api.telemetry import Metrics
-from cockpit_api.validators import validator_map
 
 log = logging.getLogger("cockpit_api")
 
-ROOT = Path(__file__).resolve().parent.parent
+# The package holds the spec (a symlink to the repository's openapi.yaml in a checkout, a
+# copy in the wheel), so the installed server finds it wherever it is started.
+ROOT = Path(__file__).resolve().parent
 SPEC = ROOT / "openapi.yaml"
 CONTROL_SPEC = Path(__file__).resolve().parent / "control.yaml"
 OPS_SPEC = Path(__file__).resolve().parent / "ops.yaml"  # /healthz, /readyz, /metrics
@@ -120,13 +123,13 @@ class CockpitApp:
 
 def build_backend(settings: Settings, store: Store | None = None) -> Backend:
     if settings.backend == "sim":
-        from backends import scenario
-        from backends.sim import SimulatedBackend, VirtualClock
+        from cockpit_api.backends.sim import scenario
+        from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
 
         clock = VirtualClock(settings.clock_start or float(int(time.time())), speed=settings.speed)
         return SimulatedBackend(scenario.load(settings.scenario), clock)
     try:
-        from backends.libvirt import LibvirtBackend
+        from cockpit_api.backends.libvirt import LibvirtBackend
     except ImportError as exc:
         raise ConfigError(
             "the libvirt backend needs libvirt-python: pip install -e '.[libvirt]' "
@@ -162,7 +165,7 @@ def _precompute_signatures() -> None:
     """
     for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "ops", "events",
                  "sandboxes", "audit"):
-        module = importlib.import_module(f"handlers.{name}")
+        module = importlib.import_module(f"cockpit_api.handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
                 fn.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]

@@ -12,8 +12,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from cockpit_api import logs
 from cockpit_api.config import ConfigError, Settings
+from cockpit_api.ops import logs
 
 banner = logging.getLogger("cockpit_api.serve")
 
@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from cockpit_api.app import create_app
-    from cockpit_api.protocol import HeadLimits, protocol_with
+    from cockpit_api.http.header_limits import HeadLimits, protocol_with
 
     app = create_app(settings)
     scheme = "https" if settings.tls_cert else "http"
@@ -55,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
                        "clear; use --tls-cert/--tls-key or a TLS proxy", settings.host)
     # Everything built so far (spec, validators, scenario) lives as long as the process:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
-    from cockpit_api.pipeline import prepare
+    from cockpit_api.http.pipeline import prepare
     prepare(app)  # Connexion's stack and the compiled pipelines, now rather than at start-up
     gc.collect()
     gc.freeze()
@@ -104,7 +104,7 @@ class RedactSecrets(logging.Filter):
 
 
 def _hash_password(args: argparse.Namespace) -> int:
-    from cockpit_api.auth import hash_password
+    from cockpit_api.auth.service import hash_password
 
     if args.password_stdin or not sys.stdin.isatty():
         # A pipe (`echo pw | cockpit-api hash-password`) is read like --password-stdin:
@@ -128,7 +128,7 @@ def _hash_password(args: argparse.Namespace) -> int:
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
-    from cockpit_api.auth import AuthService, AuthSettings
+    from cockpit_api.auth.service import AuthService, AuthSettings
     from cockpit_api.store import open_store
 
     settings = Settings.load(args.config, state_dir=args.state_dir, store_url=args.store)
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(rk)
     rk.set_defaults(func=_rotate_key)
 
-    from cockpit_api import conformance
+    from cockpit_api.conformance import runner as conformance
 
     conformance.add_parser(sub)
     return parser
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cockpit-api: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from cockpit_api.conformance import UsageError
+        from cockpit_api.conformance.runner import UsageError
 
         if isinstance(exc, UsageError):
             print(f"cockpit-api: {exc}", file=sys.stderr)

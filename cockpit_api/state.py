@@ -6,13 +6,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cockpit_api.telemetry import Metrics
+from cockpit_api.ops.prometheus import Metrics
 
 if TYPE_CHECKING:
-    from backends.base import Backend
-    from cockpit_api.auth import AuthService
+    from cockpit_api.auth.service import AuthService
+    from cockpit_api.backends.base import Backend
     from cockpit_api.config import Settings
-    from cockpit_api.sandboxes import SandboxRegistry
+    from cockpit_api.sandboxes.registry import SandboxRegistry
     from cockpit_api.store import Store
 
 SCOPE_KEY = "cockpit"

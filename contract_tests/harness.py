@@ -29,10 +29,10 @@ import schemathesis
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
-from cockpit_api.auth import AuthService
+from cockpit_api.auth.service import AuthService
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
 from cockpit_api.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,9 +11,9 @@ import orjson
 from connexion import context, request
 from starlette.responses import Response
 
-from backends.base import Backend, Host, MetricSeries, Migration, Page, PageRequest, Vm
-from cockpit_api.auth import Forbidden
-from cockpit_api.feed import Feed, feed_of
+from cockpit_api.auth.service import Forbidden
+from cockpit_api.backends.base import Backend, Host, MetricSeries, Migration, Page, PageRequest, Vm
+from cockpit_api.feed.changes import Feed, feed_of
 from cockpit_api.state import Services, services_of
 
 Json = dict[str, Any]

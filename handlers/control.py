@@ -6,10 +6,10 @@ import asyncio
 
 from starlette.responses import Response
 
-from backends import scenario as scenarios
-from backends.base import NotFound
-from backends.sim import Fault, SimulatedBackend
-from handlers._common import Json, backend, host_json, ok, require_admin, services
+from cockpit_api.backends.base import NotFound
+from cockpit_api.backends.sim import scenario as scenarios
+from cockpit_api.backends.sim.backend import Fault, SimulatedBackend
+from cockpit_api.handlers._common import Json, backend, host_json, ok, require_admin, services
 
 
 def _sim() -> SimulatedBackend:

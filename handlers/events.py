@@ -15,9 +15,9 @@ from connexion import context, request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from cockpit_api.auth import AuthError, AuthService
-from cockpit_api.feed import Feed, Filter, Resume, feed_of
-from handlers._common import ok, services
+from cockpit_api.auth.service import AuthError, AuthService
+from cockpit_api.feed.changes import Feed, Filter, Resume, feed_of
+from cockpit_api.handlers._common import ok, services
 
 _POLL_LIMIT = 1000  # events per long-poll answer; `position` says where to continue
 

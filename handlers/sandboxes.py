@@ -5,9 +5,9 @@ from __future__ import annotations
 from connexion import request
 from starlette.responses import Response
 
-from cockpit_api.auth import Forbidden
-from cockpit_api.sandboxes import Sandbox, SandboxRegistry
-from handlers._common import Json, iso, no_content, ok, require_admin, services
+from cockpit_api.auth.service import Forbidden
+from cockpit_api.handlers._common import Json, iso, no_content, ok, require_admin, services
+from cockpit_api.sandboxes.registry import Sandbox, SandboxRegistry
 
 
 def _registry() -> SandboxRegistry:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
-from cockpit_api import pipeline
 from cockpit_api.app import CockpitApp, create_app
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
 from cockpit_api.config import Settings
+from cockpit_api.http import pipeline
 
 # Headless Chromium for any test that asks for `browser`, `context` or `page`.
 from tests.browser import browser, context, page  # noqa: F401

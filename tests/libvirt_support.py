@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cockpit_api.auth import hash_password
+from cockpit_api.auth.service import hash_password
 from cockpit_api.config import HostConfig, Settings, UserConfig
 
 if TYPE_CHECKING:
-    from backends.libvirt import LibvirtBackend
     from cockpit_api.app import CockpitApp
+    from cockpit_api.backends.libvirt import LibvirtBackend
 
 DATA = Path(__file__).resolve().parent / "data"
 NODES = ("node-a", "node-b", "node-c")
@@ -70,7 +70,7 @@ def write_state_file(path: Path, ids: dict[str, str] = HOST_IDS) -> Path:
 
 def make_backend(tmp_path: Path, **overrides: Any) -> LibvirtBackend:
     """A libvirt backend over the test-driver hosts (not started), with fixed host ids."""
-    from backends.libvirt import LibvirtBackend
+    from cockpit_api.backends.libvirt import LibvirtBackend
 
     state = tmp_path / "hosts.json"
     if not state.exists():

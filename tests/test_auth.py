@@ -9,7 +9,7 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from cockpit_api.auth import (
+from cockpit_api.auth.service import (
     AuthError,
     AuthService,
     AuthSettings,
@@ -238,7 +238,7 @@ def test_the_verified_token_cache_still_checks_expiry() -> None:
 
 
 def test_an_unknown_user_still_costs_one_password_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cockpit_api.auth as auth_mod
+    import cockpit_api.auth.service as auth_mod
 
     svc = AuthService([User("u", hash_password("p"), "admin")], AuthSettings(SECRET))
     checked: list[str] = []

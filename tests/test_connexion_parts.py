@@ -29,8 +29,8 @@ from connexion.middleware.security import SecurityOperation
 from connexion.security import AbstractSecurityHandler, SecurityHandlerFactory
 from connexion.validators import AbstractRequestBodyValidator, ParameterValidator
 
-from cockpit_api import connexion_parts as cx
-from cockpit_api import pipeline
+from cockpit_api.http import connexion_parts as cx
+from cockpit_api.http import pipeline
 
 
 def _keywords(fn: Any) -> set[str]:

@@ -34,10 +34,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from backends import scenario
-from backends.base import Backend, BackendError, PageRequest, VmFilter
-from backends.sim import SimulatedBackend, VirtualClock
-from cockpit_api.feed import Event, feed_of
+from cockpit_api.backends.base import Backend, BackendError, PageRequest, VmFilter
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+from cockpit_api.feed.changes import Event, feed_of
 from tests.conftest import T0
 from tests.libvirt_support import (
     HOST_IDS,

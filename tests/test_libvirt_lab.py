@@ -41,7 +41,7 @@ if _MISSING:
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from backends.libvirt import LibvirtBackend  # noqa: E402
+from cockpit_api.backends.libvirt import LibvirtBackend  # noqa: E402
 from cockpit_api.config import HostConfig  # noqa: E402
 from tests.lab_support import NODE1, NODE2, TIMINGS, domstate, lab, virsh  # noqa: E402
 from tests.libvirt_support import libvirt_app, libvirt_settings, login_headers, poll  # noqa: E402
@@ -355,9 +355,9 @@ def test_a_killed_destination_fails_the_migration_and_comes_back(api: Lab) -> No
 def test_the_simulator_answers_like_the_lab(api: Lab) -> None:
     """One scripted sequence of actions and migrations, sent through the API to the lab
     (real QEMU) and to a simulator holding a copy of the lab's cluster: same answers."""
-    from backends import scenario
-    from backends.sim import SimulatedBackend, VirtualClock
     from cockpit_api.app import create_app
+    from cockpit_api.backends.sim import scenario
+    from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
     from cockpit_api.config import Settings
 
     name = "lab-vm-03"

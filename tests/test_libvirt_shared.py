@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from backends import scenario
-from backends.base import (
+from cockpit_api.backends.base import (
     Backend,
     BackendError,
     Conflict,
@@ -34,7 +33,8 @@ from backends.base import (
     Vm,
     VmFilter,
 )
-from backends.sim import SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
 from tests.conftest import T0
 from tests.libvirt_support import (
     HOST_IDS,

@@ -25,7 +25,7 @@ libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from backends.base import (  # noqa: E402
+from cockpit_api.backends.base import (  # noqa: E402
     Backend,
     BackendError,
     Conflict,
@@ -39,10 +39,10 @@ from backends.base import (  # noqa: E402
     Vm,
     VmFilter,
 )
-from backends.libvirt import LibvirtBackend, status_of  # noqa: E402
-from backends.libvirt.errors import translate  # noqa: E402
-from backends.libvirt.hostids import uuid7  # noqa: E402
-from backends.libvirt.metrics import HostSample, MetricsStore  # noqa: E402
+from cockpit_api.backends.libvirt import LibvirtBackend, status_of  # noqa: E402
+from cockpit_api.backends.libvirt.errors import translate  # noqa: E402
+from cockpit_api.backends.libvirt.hostids import uuid7  # noqa: E402
+from cockpit_api.backends.libvirt.metrics import HostSample, MetricsStore  # noqa: E402
 from cockpit_api.config import ConfigError, HostConfig  # noqa: E402
 from tests.libvirt_support import (  # noqa: E402
     HOST_IDS,

@@ -11,11 +11,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
 from cockpit_api.config import ConfigError, Settings
-from cockpit_api.logs import JsonFormatter
+from cockpit_api.ops.logs import JsonFormatter
 from tests.conftest import NODE2, SECRET, T0, FakeClock
 
 API = "/api/v1"
@@ -252,7 +252,7 @@ def test_the_access_log_line_in_json(sim: SimulatedBackend, capsys: pytest.Captu
     # Leaving the client ran the lifespan's end, which flushes the batched lines.
     err = capsys.readouterr().err
     access = [json.loads(line) for line in err.splitlines()]
-    assert all(a["logger"] == "cockpit_api.access" for a in access)
+    assert all(a["logger"] == "cockpit_api.http.access" for a in access)
     mine = next(a for a in access if a["request_id"] == "from-the-client")
     assert mine["operation"] == "list_vms" and mine["status"] == 200
     assert mine["user"] == "admin" and mine["method"] == "GET" and mine["path"] == f"{API}/vms"
@@ -271,7 +271,7 @@ def test_the_text_access_log_goes_through_logging(sim: SimulatedBackend,
                      auth_clock=FakeClock())
     with TestClient(app) as client, caplog.at_level(logging.INFO):
         client.get("/healthz", headers={"X-Request-Id": "text-1"})
-    (rec,) = [r for r in caplog.records if r.name == "cockpit_api.access"]
+    (rec,) = [r for r in caplog.records if r.name == "cockpit_api.http.access"]
     assert rec.getMessage().startswith("GET /healthz 200 ")
     assert rec.getMessage().endswith("op=healthz user=- rid=text-1")
     line = json.loads(JsonFormatter().format(rec))  # the same fields in the JSON formatter
@@ -281,7 +281,7 @@ def test_the_text_access_log_goes_through_logging(sim: SimulatedBackend,
 def test_no_access_log_unless_asked(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
         client.get("/healthz")
-    assert not [r for r in caplog.records if r.name == "cockpit_api.access"]
+    assert not [r for r in caplog.records if r.name == "cockpit_api.http.access"]
 
 
 # ---------------------------------------------------------------- settings
@@ -331,7 +331,7 @@ def test_the_request_layer_adds_under_5_percent_to_a_list(app: CockpitApp,
     import asyncio
     import sys
 
-    from cockpit_api.logs import JsonAccessLog
+    from cockpit_api.ops.logs import JsonAccessLog
 
     layer = app.inner
     headers = [(b"host", b"testserver"), (b"authorization", admin["Authorization"].encode())]

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from backends.sim import SimulatedBackend
 from cockpit_api.app import create_app
+from cockpit_api.backends.sim.backend import SimulatedBackend
 from cockpit_api.config import ConfigError, Settings
 from tests.conftest import NODE1, NODE2, NODE3, SECRET, T0, FakeClock, login
 

@@ -20,10 +20,10 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-import cockpit_api.auth as auth_mod
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
+import cockpit_api.auth.service as auth_mod
 from cockpit_api.app import CockpitApp, create_app
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
 from cockpit_api.config import Settings
 from cockpit_api.store import Store, open_store
 from cockpit_api.store.sql import SqlStore

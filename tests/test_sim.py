@@ -8,8 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from backends import scenario
-from backends.base import (
+from cockpit_api.backends.base import (
     Conflict,
     InvalidArgument,
     MetricsWindow,
@@ -21,7 +20,8 @@ from backends.base import (
     Vm,
     VmFilter,
 )
-from backends.sim import Fault, SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import Fault, SimulatedBackend, VirtualClock
 from tests.conftest import NODE1, NODE2, NODE3, NODE4, T0
 
 R = TypeVar("R")
@@ -452,7 +452,7 @@ def test_generated_scenarios_are_deterministic() -> None:
     ],
 )
 def test_bad_scenarios_are_refused_with_a_reason(bad: Any) -> None:
-    from backends.base import InvalidArgument
+    from cockpit_api.backends.base import InvalidArgument
 
     with pytest.raises(InvalidArgument) as err:
         scenario.load(bad)

@@ -1,9 +1,10 @@
-"""The facade: :class:`LibvirtBackend`, the :class:`~backends.base.Backend` over real hosts.
+"""The facade: :class:`LibvirtBackend`, the :class:`~cockpit_api.backends.base.Backend` over
+real hosts.
 
 It owns the parts (hosts and their links, migrations, the sampler, the
 inventory they feed) and answers the interface's calls from them: reads from
 the inventory alone, actions on the VM's host's link, migrations through
-:class:`~backends.libvirt.jobs.Migrations`.
+:class:`~cockpit_api.backends.libvirt.jobs.Migrations`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
 
-from backends.base import (
+from cockpit_api.backends.base import (
     ActionName,
     BackendError,
     BackendInfo,
@@ -38,14 +39,14 @@ from backends.base import (
     Vm,
     VmFilter,
 )
-from backends.inventory import Inventory, JobTable
-from backends.libvirt import calls, durable
-from backends.libvirt.hostids import HostIdError
-from backends.libvirt.hosts import HostConfigLike, Hosts, HostState, Tuning
-from backends.libvirt.jobs import Job, Migrations
-from backends.libvirt.link import ensure_event_loop
-from backends.libvirt.metrics import MetricsStore, Series
-from backends.libvirt.sampler import Sampler
+from cockpit_api.backends.inventory import Inventory, JobTable
+from cockpit_api.backends.libvirt import calls, durable
+from cockpit_api.backends.libvirt.hostids import HostIdError
+from cockpit_api.backends.libvirt.hosts import HostConfigLike, Hosts, HostState, Tuning
+from cockpit_api.backends.libvirt.jobs import Job, Migrations
+from cockpit_api.backends.libvirt.link import ensure_event_loop
+from cockpit_api.backends.libvirt.metrics import MetricsStore, Series
+from cockpit_api.backends.libvirt.sampler import Sampler
 
 if TYPE_CHECKING:
     from cockpit_api.config import Settings

@@ -32,11 +32,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backends.base import MigrationRequest
-from backends.libvirt.hostids import HostIdError, _read, load_host_ids, uuid7
+from cockpit_api.backends.base import MigrationRequest
+from cockpit_api.backends.libvirt.hostids import HostIdError, _read, load_host_ids, uuid7
 
 if TYPE_CHECKING:
-    from backends.libvirt.jobs import Job
+    from cockpit_api.backends.libvirt.jobs import Job
     from cockpit_api.store import JobRecord, Store
 
 log = logging.getLogger("cockpit_api.libvirt")

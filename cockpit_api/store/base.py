@@ -61,7 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from backends.base import Conflict, Unavailable
+from cockpit_api.backends.base import Conflict, Unavailable
 
 RotateOutcome = Literal["rotated", "reused", "invalid"]
 

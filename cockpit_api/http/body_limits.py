@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cockpit_api.problems import PROBLEM_JSON, problem_body
+from cockpit_api.http.problems import PROBLEM_JSON, problem_body
 
 
 @dataclass(frozen=True)

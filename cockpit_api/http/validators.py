@@ -28,7 +28,7 @@ from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, Parame
 from connexion.validators.parameter import draft4_format_checker, is_null, is_nullable
 from jsonschema import Draft4Validator, ValidationError
 
-from cockpit_api.problems import InvalidRequest, excerpt
+from cockpit_api.http.problems import InvalidRequest, excerpt
 
 # id(parameter spec) -> (the spec, kept alive so its id stays unique; its validator)
 _PARAMETERS: dict[int, tuple[dict[str, Any], Draft4Validator]] = {}

@@ -10,7 +10,7 @@ Two jobs:
   the command excludes those operations.
 
 Settings come from the COCKPIT_CONFORMANCE environment variable (JSON), set by
-:mod:`cockpit_api.conformance`.
+:mod:`cockpit_api.conformance.runner`.
 """
 
 from __future__ import annotations

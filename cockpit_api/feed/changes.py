@@ -2,7 +2,8 @@
 
 One :class:`Feed` per backend instance (never a module global): :func:`feed_of`
 attaches it, once, as the observer of the backend's
-:class:`~backends.inventory.Inventory` and :class:`~backends.inventory.JobTable`,
+:class:`~cockpit_api.backends.inventory.Inventory` and
+:class:`~cockpit_api.backends.inventory.JobTable`,
 the one place both backends' changes go through. Each event carries the
 resource's JSON exactly as its GET answers it, so a client applies it without a
 second request.
@@ -33,10 +34,10 @@ from typing import Any
 
 import orjson
 
-from backends.base import Host, Migration, Vm
-from backends.inventory import Inventory, JobTable
+from cockpit_api.backends.base import Host, Migration, Vm
+from cockpit_api.backends.inventory import Inventory, JobTable
 
-log = logging.getLogger("cockpit_api.feed")
+log = logging.getLogger("cockpit_api.feed.changes")
 
 # 10,000 events: about 30 s of one VM change every 10 ms (a VM change is one `vm` event
 # and one `host` event per host it touched), ~5 MB. A client away longer re-lists.
@@ -58,7 +59,7 @@ _MAX_JOB_STATES = 10_000
 def _shapes() -> tuple[Callable[[Host], Any], Callable[[Vm], Any], Callable[[Migration], Any]]:
     # The shapes GET answers with live with the handlers; imported late so that
     # this module stays importable without the HTTP layer's context.
-    from handlers._common import host_json, migration_json, vm_json
+    from cockpit_api.handlers._common import host_json, migration_json, vm_json
 
     return host_json, vm_json, migration_json
 

@@ -47,10 +47,10 @@ from prometheus_client.core import (
     Metric,
 )
 
-from backends.base import FINAL_MIGRATION_STATUSES, MigrationFilter, PageRequest
+from cockpit_api.backends.base import FINAL_MIGRATION_STATUSES, MigrationFilter, PageRequest
 
 if TYPE_CHECKING:
-    from backends.base import Backend
+    from cockpit_api.backends.base import Backend
 
 # Request latencies of a mock answering in ~1-10 ms and a real backend in up to seconds.
 _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

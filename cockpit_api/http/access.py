@@ -33,9 +33,9 @@ from collections.abc import Callable
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cockpit_api.logs import current_request_id
+from cockpit_api.ops.logs import current_request_id
+from cockpit_api.ops.prometheus import UNMATCHED
 from cockpit_api.state import REQUEST_ID_KEY, Services
-from cockpit_api.telemetry import UNMATCHED
 
 # (method, path, operation, status, seconds, user or None, request id): logs.JsonAccessLog
 AccessLogWriter = Callable[[str, str, str, int, float, "str | None", str], None]
@@ -112,7 +112,7 @@ class AccessMiddleware:
             if routing and routing.get("operation_id"):
                 full = routing["operation_id"]
                 operation = self._short.get(full) or self._short.setdefault(
-                    full, str(full).rsplit(".", 1)[-1])  # handlers.vms.list_vms -> list_vms
+                    full, str(full).rsplit(".", 1)[-1])  # ...handlers.vms.list_vms -> list_vms
             metrics.request_finished(operation, status, seconds)
             if self.access_log is not None:
                 user = (extensions.get("connexion_context") or {}).get("user")

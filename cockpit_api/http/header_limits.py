@@ -31,7 +31,7 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from cockpit_api.problems import PROBLEM_JSON, problem_body
+from cockpit_api.http.problems import PROBLEM_JSON, problem_body
 
 
 @dataclass(frozen=True)

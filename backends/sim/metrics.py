@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backends.base import MetricPoint
+from cockpit_api.backends.base import MetricPoint
 
 MIB = 1024 * 1024
 _MASK64 = (1 << 64) - 1

@@ -18,9 +18,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
-from backends.base import Backend
+from cockpit_api.backends.base import Backend
 
-STATIC = Path(__file__).resolve().parent / "dashboard"
+STATIC = Path(__file__).resolve().parent.parent / "dashboard"
 PREFIX = "/dashboard"
 # The page and its scripts change with each release of the server: always revalidate.
 _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}

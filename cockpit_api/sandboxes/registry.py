@@ -28,14 +28,14 @@ from typing import Any
 
 import yaml
 
-from backends import scenario as scenarios
-from backends.base import Conflict, InvalidArgument, NotFound
-from backends.sim import SimulatedBackend, VirtualClock
-from cockpit_api.auth import AuthService, AuthSettings, User, hash_password
+from cockpit_api.auth.service import AuthService, AuthSettings, User, hash_password
+from cockpit_api.backends.base import Conflict, InvalidArgument, NotFound
+from cockpit_api.backends.sim import scenario as scenarios
+from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
 from cockpit_api.config import Settings
-from cockpit_api.feed import feed_of
+from cockpit_api.feed.changes import feed_of
+from cockpit_api.ops.prometheus import Metrics
 from cockpit_api.state import Services
-from cockpit_api.telemetry import Metrics
 
 PREFIX = "/sandboxes/"
 # Set in the scope of a request naming a sandbox that does not exist (any more), so that

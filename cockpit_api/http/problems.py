@@ -29,10 +29,10 @@ from connexion.http_facts import HTTP_STATUS_CODES
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
-from backends.base import BackendError, Unavailable
-from cockpit_api.auth import AuthError, Throttled
-from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
-from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
+from cockpit_api.auth.service import AuthError, Throttled
+from cockpit_api.backends.base import BackendError, Unavailable
+from cockpit_api.sandboxes.registry import MISSING_KEY as MISSING_SANDBOX
+from cockpit_api.sandboxes.registry import PREFIX as SANDBOX_PREFIX
 
 log = logging.getLogger("cockpit_api")
 

@@ -29,7 +29,7 @@ from cockpit_api.store import AuditEntry
 if TYPE_CHECKING:
     from cockpit_api.state import Services
 
-log = logging.getLogger("cockpit_api.audit")
+log = logging.getLogger("cockpit_api.ops.audit")
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PARAM = re.compile(r"\{[^/}]+\}")

@@ -6,7 +6,7 @@ three times (security, validation, handler arguments). :class:`CompiledPipeline`
 Connexion middleware (``middlewares=``, right below the exception middleware, so CORS
 and every error handler stay above it) that builds, for every operation of every API
 added to the app, one :class:`Pipeline` out of Connexion's own parts
-(``cockpit_api.connexion_parts``): the resolved handler, the security check, the
+(``cockpit_api.http.connexion_parts``): the resolved handler, the security check, the
 parameter validator and URI parser, a body validator per media type (through the
 API's ``validator_map``), the handler's argument list, and with ``validate_responses``
 Connexion's response validator around it. Requests are routed by a table with
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cockpit_api import connexion_parts as cx
+from cockpit_api.http import connexion_parts as cx
 
-log = logging.getLogger("cockpit_api.pipeline")
+log = logging.getLogger("cockpit_api.http.pipeline")
 
 _REQUEST = "cockpit.pipeline.request"  # scope key: the shared request, for the handler step
 

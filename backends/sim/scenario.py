@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from backends.base import VM_STATUSES, Conflict, InvalidArgument, NotFound
+from cockpit_api.backends.base import VM_STATUSES, Conflict, InvalidArgument, NotFound
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 
 _ROLES = ("web", "db", "cache", "queue", "api", "worker", "build", "search", "mail", "vpn")
 _TIERS = ("frontend", "backend", "primary", "replica", "batch", "edge", "internal")

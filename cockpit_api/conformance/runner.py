@@ -2,7 +2,7 @@
 
 It logs in, then runs schemathesis (every check, examples, coverage, fuzzing and
 the stateful phase driven by the spec's links) against the deployment, with
-our hooks for auth refresh and safety (:mod:`cockpit_api.conformance_hooks`).
+our hooks for auth refresh and safety (:mod:`cockpit_api.conformance.hooks`).
 
 Safety on a real cluster:
 
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print("conformance: read-only run (reads and auth calls only; --allow-writes to add "
               "actions and migrations on named VMs)")
     env = dict(os.environ)
-    env["SCHEMATHESIS_HOOKS"] = "cockpit_api.conformance_hooks"
+    env["SCHEMATHESIS_HOOKS"] = "cockpit_api.conformance.hooks"
     calls_file = Path(tempfile.mkstemp(prefix="cockpit-conformance-calls-")[1])
     env["COCKPIT_CONFORMANCE_CALLS"] = str(calls_file)
     env["COCKPIT_CONFORMANCE"] = json.dumps({

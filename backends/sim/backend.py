@@ -23,9 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from backends import _sim_metrics as metrics
-from backends import scenario as scenarios
-from backends.base import (
+from cockpit_api.backends.base import (
     ACTIVE_STATUSES,
     FINAL_MIGRATION_STATUSES,
     ActionName,
@@ -50,7 +48,9 @@ from backends.base import (
     VmFilter,
     VmStatus,
 )
-from backends.inventory import Inventory, JobTable, ResetObserver
+from cockpit_api.backends.inventory import Inventory, JobTable, ResetObserver
+from cockpit_api.backends.sim import metrics
+from cockpit_api.backends.sim import scenario as scenarios
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

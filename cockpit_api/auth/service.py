@@ -48,7 +48,7 @@ from cockpit_api.store import MEMORY_URL, Session, Store, StoreUnavailable, open
 ALGORITHM = "HS256"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 ROLES = ("admin", "viewer")
-log = logging.getLogger("cockpit_api.auth")
+log = logging.getLogger("cockpit_api.auth.service")
 
 
 class AuthError(Exception):

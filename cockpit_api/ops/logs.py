@@ -6,7 +6,7 @@ a log line written deep in a handler or a backend still names its request
 without the id being passed down. A context variable is per task, not shared
 state: two app instances in one process never see each other's ids.
 
-Access-log lines (``cockpit_api.access``: written by :class:`JsonAccessLog` or
+Access-log lines (``cockpit_api.http.access``: written by :class:`JsonAccessLog` or
 :class:`TextAccessLog` for cockpit_api/access.py) add
 ``method``, ``path`` (never the query string: it can carry an event-feed
 ticket), ``operation``, ``status``, ``duration_ms`` and ``user``. Nothing here
@@ -31,7 +31,7 @@ current_request_id: ContextVar[str | None] = ContextVar("cockpit_request_id", de
 ACCESS_FIELDS = ("method", "path", "operation", "status", "duration_ms", "user")
 FORMATS = ("text", "json")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
-ACCESS_LOGGER = "cockpit_api.access"
+ACCESS_LOGGER = "cockpit_api.http.access"
 
 
 class JsonFormatter(logging.Formatter):
@@ -129,7 +129,7 @@ class JsonAccessLog:
 
 
 class TextAccessLog:
-    """Access lines as records on logger ``cockpit_api.access`` (any handler, caplog)."""
+    """Access lines as records on logger ``cockpit_api.http.access`` (any handler, caplog)."""
 
     def __init__(self) -> None:
         self._log = logging.getLogger(ACCESS_LOGGER)
