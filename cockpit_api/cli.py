@@ -42,8 +42,9 @@ def _serve(args: argparse.Namespace) -> int:
     say(f"  Dashboard  {base}/dashboard/")
     say(f"  Swagger UI {base}/api/v1/ui/   spec {base}/api/v1/openapi.json")
     say(f"  health {base}/healthz   readiness {base}/readyz   metrics {base}/metrics")
-    scenario = getattr(app.services.backend, "scenario", None)
-    if scenario is not None:
+    sim = app.services.sim
+    if sim is not None:
+        scenario = sim.scenario
         say(f"  scenario {scenario.name!r}: {len(scenario.hosts)} hosts, {len(scenario.vms)} VMs;"
             f" control plane {base}/_sim/ui/")
         users = ", ".join(f"{u.username}/{u.password} ({u.role})" for u in scenario.users)

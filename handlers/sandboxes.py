@@ -17,7 +17,8 @@ def _registry() -> SandboxRegistry:
         # One level only: a sandbox's admin steers its own world, not the server's.
         raise Forbidden("sandboxes are managed from the default world (the root /_sim), "
                         "by its admin", "sandbox_nested")
-    assert s.sandboxes is not None  # the control plane is only mounted for the simulator
+    # the control plane is only mounted for the simulator, which has the registry
+    assert isinstance(s.sandboxes, SandboxRegistry)
     return s.sandboxes
 
 

@@ -202,13 +202,15 @@ def test_a_nan_clock_cannot_poison_the_simulator(client: TestClient,
     assert r.status_code == 200 and r.json()["now"] == 1_800_000_030.0
 
 
-def test_the_body_limit_is_a_setting(sim: object) -> None:
+def test_the_body_limit_is_a_setting(sim: object, tmp_path: Path) -> None:
     from cockpit_api.app import create_app
     from cockpit_api.config import Settings
     from tests.conftest import SECRET
 
+    # its own state directory: never the user's (another version's store may be there)
     settings = Settings.load(env={"COCKPIT_MAX_BODY_BYTES": "64", "COCKPIT_JWT_SECRET": SECRET,
-                                  "COCKPIT_MAX_JSON_DEPTH": "2"})
+                                  "COCKPIT_MAX_JSON_DEPTH": "2",
+                                  "COCKPIT_STATE_DIR": str(tmp_path)})
     with TestClient(create_app(settings, backend=sim)) as c:  # type: ignore[arg-type]
         assert c.post(f"{API}/auth/login", content=LOGIN, headers=JSON).status_code == 200
         r = c.post(f"{API}/auth/login", content=LOGIN + b" " * 64, headers=JSON)

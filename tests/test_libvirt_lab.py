@@ -43,6 +43,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from cockpit_api.backends.libvirt import LibvirtBackend  # noqa: E402
 from cockpit_api.config import HostConfig  # noqa: E402
+from cockpit_api.world import libvirt_backend  # noqa: E402
 from tests.lab_support import NODE1, NODE2, TIMINGS, domstate, lab, virsh  # noqa: E402
 from tests.libvirt_support import libvirt_app, libvirt_settings, login_headers, poll  # noqa: E402
 
@@ -110,7 +111,7 @@ def api(lab_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     # 20 MiB/s: lab-vm-busy never converges (cancel and kill tests); idle guests do not care.
     settings = libvirt_settings(hosts, tmp / "hosts.json", sample_seconds=0.5,
                                 resync_seconds=5, migration_bandwidth_mib=20)
-    backend = LibvirtBackend.from_settings(settings, reconnect_min_seconds=0.2,
+    backend = libvirt_backend(settings, reconnect_min_seconds=0.2,
                                            reconnect_max_seconds=1.0, progress_seconds=0.2,
                                            start_wait_seconds=30)
     with TestClient(libvirt_app(settings, backend)) as client:

@@ -44,6 +44,7 @@ from cockpit_api.backends.libvirt.errors import translate  # noqa: E402
 from cockpit_api.backends.libvirt.hostids import uuid7  # noqa: E402
 from cockpit_api.backends.libvirt.metrics import HostSample, MetricsStore  # noqa: E402
 from cockpit_api.config import ConfigError, HostConfig  # noqa: E402
+from cockpit_api.world import libvirt_backend  # noqa: E402
 from tests.libvirt_support import (  # noqa: E402
     HOST_IDS,
     bring_back,
@@ -337,11 +338,11 @@ def test_a_broken_state_file_is_a_config_error(tmp_path: Path) -> None:
     state.write_text("{not json")
     settings = libvirt_settings(host_configs(tmp_path), state)
     with pytest.raises(ConfigError, match=r"hosts\.json"):
-        LibvirtBackend.from_settings(settings)
+        libvirt_backend(settings)
     with pytest.raises(ConfigError, match="hosts"):
-        LibvirtBackend.from_settings(libvirt_settings([], tmp_path / "other.json"))
+        libvirt_backend(libvirt_settings([], tmp_path / "other.json"))
     with pytest.raises(ConfigError, match="unique"):
-        LibvirtBackend.from_settings(libvirt_settings(
+        libvirt_backend(libvirt_settings(
             [HostConfig("x", "test:///default"), HostConfig("x", "test:///default")],
             tmp_path / "dup.json"))
 

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import libvirt
 
@@ -40,6 +40,7 @@ from cockpit_api.backends.base import (
     VmFilter,
 )
 from cockpit_api.backends.inventory import Inventory, JobTable
+from cockpit_api.backends.jobstore import JobStore as Store
 from cockpit_api.backends.libvirt import calls, durable
 from cockpit_api.backends.libvirt.hostids import HostIdError
 from cockpit_api.backends.libvirt.hosts import HostConfigLike, Hosts, HostState, Tuning
@@ -47,10 +48,6 @@ from cockpit_api.backends.libvirt.jobs import Job, Migrations
 from cockpit_api.backends.libvirt.link import ensure_event_loop
 from cockpit_api.backends.libvirt.metrics import MetricsStore, Series
 from cockpit_api.backends.libvirt.sampler import Sampler
-
-if TYPE_CHECKING:
-    from cockpit_api.config import Settings
-    from cockpit_api.store import Store
 
 log = logging.getLogger("cockpit_api.libvirt")
 
@@ -145,28 +142,6 @@ class LibvirtBackend:
     @call_observer.setter
     def call_observer(self, observer: Callable[[str, float, bool], None] | None) -> None:
         self.hosts.call_observer = observer
-
-    @classmethod
-    def from_settings(cls, settings: Settings, store: Store | None = None,
-                      **overrides: Any) -> LibvirtBackend:
-        from cockpit_api.config import ConfigError
-
-        if not settings.hosts:
-            raise ConfigError("the libvirt backend needs at least one [[hosts]] entry "
-                              "(name, uri, optional migration_uri)")
-        kwargs: dict[str, Any] = {
-            "state_file": settings.state_file,
-            "resync_seconds": settings.resync_seconds,
-            "sample_seconds": settings.sample_seconds,
-            "retention_seconds": settings.retention_seconds,
-            "migration_bandwidth_mib": settings.migration_bandwidth_mib,
-            "store": store,
-        }
-        kwargs.update(overrides)
-        try:
-            return cls(settings.hosts, **kwargs)
-        except HostIdError as exc:
-            raise ConfigError(str(exc)) from None
 
     def now(self) -> float:
         return time.time()

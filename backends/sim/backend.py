@@ -12,7 +12,6 @@ sequence of calls and clock advances always give the same answers.
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
 import itertools
 import random
@@ -30,8 +29,10 @@ from cockpit_api.backends.base import (
     BackendError,
     BackendInfo,
     Conflict,
+    Fault,
     Host,
     InvalidArgument,
+    LatencyRule,
     MetricPoint,
     MetricSeries,
     MetricsWindow,
@@ -96,45 +97,6 @@ class VirtualClock:
     def _rebase(self) -> None:
         self._base = self.now()
         self._mark = self._monotonic()
-
-
-@dataclass(slots=True)
-class Fault:
-    """A failure armed by the control plane for the next matching call(s).
-
-    ``vm_id`` and ``host_id`` narrow it to calls on that VM, or on VMs of that
-    host (a migration matches its source and its destination), so that one
-    test's fault cannot fire in another test's flow.
-    """
-
-    operation: str  # "action" | "migrate"
-    mode: str = "reject"  # "reject": the call errors; "fail": the migration fails mid-way
-    status: int = 503
-    message: str = "injected fault"
-    at_percent: float = 50.0
-    remaining: int = 1
-    vm_id: str | None = None
-    host_id: str | None = None
-
-    def matches(self, operation: str, vm: Vm, destination: str | None) -> bool:
-        if self.operation != operation:
-            return False
-        if self.vm_id is not None and self.vm_id != vm.id:
-            return False
-        return self.host_id is None or self.host_id in (vm.host_id, destination)
-
-
-@dataclass(slots=True)
-class LatencyRule:
-    """Extra delay for requests whose path (under the base URL) matches a glob."""
-
-    ms: int
-    path: str  # fnmatch glob: "/api/v1/vms/*/migrate", "/api/v1/*/metrics"
-    method: str | None = None  # None: every method
-
-    def matches(self, path: str, method: str) -> bool:
-        return (self.method is None or self.method == method) \
-            and fnmatch.fnmatchcase(path, self.path)
 
 
 @dataclass(slots=True)
@@ -217,7 +179,7 @@ class SimulatedBackend:
         self.bandwidth = bandwidth_bytes_per_s
         self.setup_seconds = setup_seconds
         self.history_seconds = history_seconds
-        self.latency_ms = 0  # every /api/v1 answer, unless a rule below matches
+        self.latency_ms = 0  # every API answer, unless a rule below matches (the server adds it)
         self.latency_rules: list[LatencyRule] = []
         self.faults: deque[Fault] = deque()
         self.scenario = scenario
@@ -289,7 +251,7 @@ class SimulatedBackend:
         self.faults.append(fault)
 
     def set_latency(self, ms: int, path: str | None = None, method: str | None = None) -> None:
-        """Without ``path``: every /api/v1 answer. With it: a rule (0 removes it)."""
+        """Without ``path``: every API answer. With it: a rule (0 removes it)."""
         if path is None:
             self.latency_ms = ms
             return
@@ -299,13 +261,6 @@ class SimulatedBackend:
         if ms:
             # The newest rule wins: it is looked at first.
             self.latency_rules.insert(0, LatencyRule(ms, path, method))
-
-    def latency_for(self, path: str, method: str) -> int:
-        """Milliseconds to hold a request for ``path`` (relative to the base URL)."""
-        for rule in self.latency_rules:
-            if rule.matches(path, method):
-                return rule.ms
-        return self.latency_ms if path.startswith("/api/v1") else 0
 
     def advance(self, seconds: float) -> float:
         self.clock.advance(seconds)

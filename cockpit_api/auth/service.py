@@ -42,7 +42,6 @@ from typing import Any
 
 import jwt
 
-from cockpit_api.state import services_of
 from cockpit_api.store import MEMORY_URL, Session, Store, StoreUnavailable, open_store
 
 ALGORITHM = "HS256"
@@ -423,8 +422,3 @@ class AuthService:
             return self.verify(token)
         except AuthError:
             return None
-
-
-def bearer_info(token: str, request: Any) -> dict[str, Any]:
-    """Connexion's ``x-bearerInfoFunc``: the token's claims become ``context['token_info']``."""
-    return services_of(request.scope).auth.verify(token)

@@ -34,8 +34,9 @@ from typing import Any
 
 import orjson
 
-from cockpit_api.backends.base import Host, Migration, Vm
+from cockpit_api.backends.base import Host, Migration, Vm, simulator_of
 from cockpit_api.backends.inventory import Inventory, JobTable
+from cockpit_api.shapes import host_json, migration_json, vm_json
 
 log = logging.getLogger("cockpit_api.feed.changes")
 
@@ -57,10 +58,7 @@ _MAX_JOB_STATES = 10_000
 
 
 def _shapes() -> tuple[Callable[[Host], Any], Callable[[Vm], Any], Callable[[Migration], Any]]:
-    # The shapes GET answers with live with the handlers; imported late so that
-    # this module stays importable without the HTTP layer's context.
-    from cockpit_api.handlers._common import host_json, migration_json, vm_json
-
+    # The shapes GET answers with (cockpit_api/shapes.py, below the handlers and the feed).
     return host_json, vm_json, migration_json
 
 
@@ -307,9 +305,9 @@ class Feed:
 
     def tick(self) -> None:
         """Apply the simulator's due events, publish running jobs' progress (if changed)."""
-        settle = getattr(self.backend, "settle", None)
-        if settle is not None:
-            settle()
+        sim = simulator_of(self.backend)
+        if sim is not None:
+            sim.settle()
         jobs = self._jobs()
         if jobs is not None:
             for job in jobs.active():
@@ -318,10 +316,10 @@ class Feed:
     def _next_tick(self) -> float:
         """Real seconds until the ticker should look again."""
         delay = self.progress_seconds
-        next_due = getattr(self.backend, "next_due", None)
-        clock = getattr(self.backend, "clock", None)
-        if next_due is not None and clock is not None and clock.speed > 0:
-            due = next_due()
+        sim = simulator_of(self.backend)
+        if sim is not None and sim.clock.speed > 0:
+            clock = sim.clock
+            due = sim.next_due()
             if due is not None:
                 delay = min(delay, max(0.0, (due - clock.now()) / clock.speed))
         return max(delay, 0.001)

@@ -31,8 +31,8 @@ from starlette.exceptions import HTTPException
 
 from cockpit_api.auth.service import AuthError, Throttled
 from cockpit_api.backends.base import BackendError, Unavailable
-from cockpit_api.sandboxes.registry import MISSING_KEY as MISSING_SANDBOX
-from cockpit_api.sandboxes.registry import PREFIX as SANDBOX_PREFIX
+from cockpit_api.http.served_spec import CONTROL_SPEC, SPEC
+from cockpit_api.state import MISSING_SANDBOX, SANDBOX_PREFIX
 
 log = logging.getLogger("cockpit_api")
 
@@ -174,8 +174,6 @@ _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 @functools.cache
 def _routes() -> tuple[tuple[re.Pattern[str], frozenset[str]], ...]:
     """(path regex, methods) for every path of the two specs the app serves."""
-    from cockpit_api.app import CONTROL_SPEC, SPEC  # the app imports this module
-
     routes = []
     for spec_file in (SPEC, CONTROL_SPEC):
         spec = yaml.safe_load(spec_file.read_text(encoding="utf-8"))

@@ -18,6 +18,13 @@ import orjson
 import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+# The package holds the specs (openapi.yaml: a symlink to the repository's in a checkout, a
+# copy in the wheel), so an installed server finds them wherever it is started.
+PACKAGE = Path(__file__).resolve().parent.parent
+SPEC = PACKAGE / "openapi.yaml"
+CONTROL_SPEC = PACKAGE / "control.yaml"
+OPS_SPEC = PACKAGE / "ops.yaml"  # /healthz, /readyz, /metrics
+
 
 class RawSpecs:
     """ASGI middleware: ``GET <mount><prefix>/openapi.{json,yaml}`` from the unresolved spec."""

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
-from cockpit_api.backends.base import Backend
+from cockpit_api.backends.base import Backend, simulator_of
 
 STATIC = Path(__file__).resolve().parent.parent / "dashboard"
 PREFIX = "/dashboard"
@@ -29,7 +29,8 @@ _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html",
 
 
 def page_config(backend: Backend) -> dict[str, Any]:
-    scenario = getattr(backend, "scenario", None)
+    sim = simulator_of(backend)
+    scenario = sim.scenario if sim is not None else None
     # Demo users exist only with the simulator; in front of real hosts nothing is prefilled.
     users = [] if scenario is None else [
         {"username": u.username, "password": u.password, "role": u.role} for u in scenario.users]

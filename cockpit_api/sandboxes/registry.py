@@ -21,26 +21,24 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cockpit_api.auth.service import AuthService, AuthSettings, User, hash_password
-from cockpit_api.backends.base import Conflict, InvalidArgument, NotFound
+from cockpit_api.auth.service import User, hash_password
+from cockpit_api.backends.base import Conflict, DemoUser, InvalidArgument, NotFound
 from cockpit_api.backends.sim import scenario as scenarios
-from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
 from cockpit_api.config import Settings
 from cockpit_api.feed.changes import feed_of
 from cockpit_api.ops.prometheus import Metrics
-from cockpit_api.state import Services
+from cockpit_api.state import MISSING_SANDBOX, SANDBOX_PREFIX, Services
+from cockpit_api.world import build_services, sim_backend
 
-PREFIX = "/sandboxes/"
-# Set in the scope of a request naming a sandbox that does not exist (any more), so that
-# the 404 problem says so (cockpit_api/problems.py) and still goes through CORS.
-MISSING_KEY = "cockpit.missing_sandbox"
+PREFIX = SANDBOX_PREFIX
+MISSING_KEY = MISSING_SANDBOX
 _SCENARIO_CACHE = 16
 
 
@@ -82,7 +80,7 @@ class SandboxRegistry:
         self._raw: dict[str, dict[str, Any]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def remember(self, demo: list[scenarios.UserSpec], users: dict[str, User]) -> None:
+    def remember(self, demo: Iterable[DemoUser], users: dict[str, User]) -> None:
         """Reuse the hashes the default world already made for the same demo passwords."""
         configured = {u.username for u in self._config_users}  # those win over demo users
         for u in demo:
@@ -120,8 +118,8 @@ class SandboxRegistry:
                 "/_sim/sandboxes/{id}), let one expire, or raise sandbox_max", code="sandbox_limit")
         sc = self._scenario(scenario, seed)
         budget = self.settings.sandbox_vm_budget
-        held = sum(len(b.services.backend.scenario.vms) for b in self._boxes.values()
-                   if isinstance(b.services.backend, SimulatedBackend))
+        held = sum(len(sim.scenario.vms) for b in self._boxes.values()
+                   if (sim := b.services.sim) is not None)
         if held + len(sc.vms) > budget:
             # Memory is what a VM costs (~1.5 KiB): a few large sandboxes must not take it all.
             raise Conflict(
@@ -132,18 +130,14 @@ class SandboxRegistry:
         # (--clock-start), else now, and runs at the server's --speed.
         if clock_start is None:
             clock_start = now if self.settings.clock_start is None else self.settings.clock_start
-        clock = VirtualClock(clock_start, speed=self.settings.speed if speed is None else speed)
-        backend = SimulatedBackend(sc, clock)
+        backend = sim_backend(self.settings, sc, clock_start, speed)
         s = self.settings
-        auth = AuthService(
-            self._users(sc),
-            # Its own secret: a token of one world (or of the default one) is refused here.
-            AuthSettings(secrets.token_urlsafe(32), s.jwt_issuer, s.jwt_audience, s.token_ttl,
-                         s.refresh_ttl, s.max_failures_per_user, s.max_failures_per_address),
-            clock=self.clock,
-        )
         sid = secrets.token_hex(8)
-        services = Services(backend, auth, s, self.metrics, sandboxes=self, sandbox_id=sid)
+        # Its own secret: a token of one world (or of the default one) is refused here.
+        services = build_services(s, backend, self._users(sc), clock=self.clock,
+                                  metrics=self.metrics, secret=secrets.token_urlsafe(32),
+                                  sandbox_id=sid)
+        services.sandboxes = self
         box = Sandbox(sid, services, sc.name, label, now, now, ttl_seconds or s.sandbox_ttl)
         feed_of(backend)  # its change feed's history starts with the sandbox
         await backend.start()

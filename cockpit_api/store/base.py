@@ -58,10 +58,14 @@ drive them. When the database cannot be reached, methods raise
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from cockpit_api.backends.base import Conflict, Unavailable
+
+# The job record is the backends' word (they import nothing from the server); the store
+# keeps it and implements their JobStore (cockpit_api/backends/jobstore.py).
+from cockpit_api.backends.jobstore import JobRecord
 
 RotateOutcome = Literal["rotated", "reused", "invalid"]
 
@@ -120,26 +124,6 @@ class Counter:
     key: str
     count: int  # attempts in the window, this one included
     window_start: float
-
-
-@dataclass(slots=True)
-class JobRecord:
-    """A migration job as the store keeps it; ``request`` and ``progress`` are JSON objects."""
-
-    id: str
-    vm_id: str
-    owner: str  # the user who asked
-    request: dict[str, Any]
-    status: str
-    created_at: float
-    progress: dict[str, Any] = field(default_factory=dict)
-    source_host_id: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str | None = None
-    updated_at: float | None = None
-    lease_owner: str | None = None  # the replica driving it
-    lease_expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
