@@ -279,7 +279,8 @@ async def in_process(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from cockpit_api.app import create_app
     from cockpit_api.backends.sim import scenario
-    from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+    from cockpit_api.backends.sim.backend import SimulatedBackend
+    from cockpit_api.backends.sim.clock import VirtualClock
     from cockpit_api.config import Settings
     from cockpit_api.feed.changes import feed_of
 

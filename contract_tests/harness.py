@@ -32,7 +32,8 @@ from schemathesis.specs.openapi.schemas import OpenApiSchema
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.auth.service import AuthService
 from cockpit_api.backends.sim import scenario
-from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ from starlette.testclient import TestClient
 
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.backends.sim import scenario
-from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
 from cockpit_api.http import pipeline
 

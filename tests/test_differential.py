@@ -36,7 +36,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from cockpit_api.backends.base import Backend, BackendError, PageRequest, VmFilter
 from cockpit_api.backends.sim import scenario
-from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.feed.changes import Event, feed_of
 from tests.conftest import T0
 from tests.libvirt_support import (

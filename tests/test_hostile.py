@@ -134,7 +134,8 @@ def shared() -> Iterator[tuple[TestClient, dict[str, str]]]:
     """One app for the whole table (building one takes a second): every case is refused."""
     from cockpit_api.app import create_app
     from cockpit_api.backends.sim import scenario
-    from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+    from cockpit_api.backends.sim.backend import SimulatedBackend
+    from cockpit_api.backends.sim.clock import VirtualClock
     from cockpit_api.config import Settings
     from tests.conftest import SECRET, T0, login
 

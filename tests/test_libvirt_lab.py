@@ -358,7 +358,8 @@ def test_the_simulator_answers_like_the_lab(api: Lab) -> None:
     (real QEMU) and to a simulator holding a copy of the lab's cluster: same answers."""
     from cockpit_api.app import create_app
     from cockpit_api.backends.sim import scenario
-    from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+    from cockpit_api.backends.sim.backend import SimulatedBackend
+    from cockpit_api.backends.sim.clock import VirtualClock
     from cockpit_api.config import Settings
 
     name = "lab-vm-03"

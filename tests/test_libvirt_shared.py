@@ -34,7 +34,8 @@ from cockpit_api.backends.base import (
     VmFilter,
 )
 from cockpit_api.backends.sim import scenario
-from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from tests.conftest import T0
 from tests.libvirt_support import (
     HOST_IDS,

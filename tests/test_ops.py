@@ -13,7 +13,8 @@ from starlette.testclient import TestClient
 
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.backends.sim import scenario
-from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import ConfigError, Settings
 from cockpit_api.ops.logs import JsonFormatter
 from tests.conftest import NODE2, SECRET, T0, FakeClock

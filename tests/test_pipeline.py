@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cockpit_api.app import create_app
 from cockpit_api.backends.sim import scenario
-from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
 from cockpit_api.http import pipeline
 from tests import pipeline_app

@@ -23,7 +23,8 @@ import sqlalchemy as sa
 import cockpit_api.auth.service as auth_mod
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.backends.sim import scenario
-from cockpit_api.backends.sim.backend import SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
 from cockpit_api.store import Store, open_store
 from cockpit_api.store.sql import SqlStore

@@ -10,6 +10,7 @@ import pytest
 
 from cockpit_api.backends.base import (
     Conflict,
+    Fault,
     InvalidArgument,
     MetricsWindow,
     MigrationFilter,
@@ -21,7 +22,8 @@ from cockpit_api.backends.base import (
     VmFilter,
 )
 from cockpit_api.backends.sim import scenario
-from cockpit_api.backends.sim.backend import Fault, SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from tests.conftest import NODE1, NODE2, NODE3, NODE4, T0
 
 R = TypeVar("R")

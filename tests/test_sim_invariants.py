@@ -21,13 +21,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from cockpit_api.backends.base import (
     FINAL_MIGRATION_STATUSES,
     BackendError,
+    Fault,
     MigrationFilter,
     MigrationRequest,
     PageRequest,
     VmFilter,
 )
 from cockpit_api.backends.sim import scenario
-from cockpit_api.backends.sim.backend import Fault, SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from tests.conftest import T0
 
 _ORDER = {"initiated": 0, "running": 1, "completed": 2, "failed": 2, "cancelled": 2}

@@ -18,7 +18,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +38,6 @@ from cockpit_api.backends.base import (
     MetricsWindow,
     Migration,
     MigrationFilter,
-    MigrationProgress,
     MigrationRequest,
     MigrationStatus,
     NotFound,
@@ -52,115 +51,12 @@ from cockpit_api.backends.base import (
 from cockpit_api.backends.inventory import Inventory, JobTable, ResetObserver
 from cockpit_api.backends.sim import metrics
 from cockpit_api.backends.sim import scenario as scenarios
+from cockpit_api.backends.sim.clock import VirtualClock
+from cockpit_api.backends.sim.state import _Guest, _Job, _State
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 _HISTORY_LIMIT = 2000
-
-
-class VirtualClock:
-    """Unix-seconds clock: ``start + elapsed_real * speed + manual advances``.
-
-    ``speed=0`` freezes it (tests move it with :meth:`advance`); ``speed=1`` runs
-    in real time; ``speed=10`` makes a 20-second migration take 2 seconds.
-    """
-
-    def __init__(self, start: float, speed: float = 0.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._monotonic = monotonic
-        self._base = float(start)
-        self._mark = monotonic()
-        self._speed = float(speed)
-
-    def now(self) -> float:
-        if self._speed == 0.0:
-            return self._base
-        return self._base + (self._monotonic() - self._mark) * self._speed
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise InvalidArgument("the clock only moves forward", code="clock_backwards")
-        self._rebase()
-        self._base += seconds
-
-    @property
-    def speed(self) -> float:
-        return self._speed
-
-    @speed.setter
-    def speed(self, value: float) -> None:
-        if value < 0:
-            raise InvalidArgument("speed must be >= 0", code="bad_speed")
-        self._rebase()
-        self._speed = float(value)
-
-    def _rebase(self) -> None:
-        self._base = self.now()
-        self._mark = self._monotonic()
-
-
-@dataclass(slots=True)
-class _Job:
-    id: str
-    seq: int
-    vm_id: str
-    source_host_id: str
-    request: MigrationRequest
-    status: MigrationStatus
-    created_at: float
-    total_bytes: int
-    bandwidth: float
-    prior_status: VmStatus
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str | None = None
-    fail_fraction: float | None = None
-    fail_message: str | None = None
-    copy: metrics.Interval | None = None  # while copying: for the metrics
-
-    def processed(self, t: float) -> int:
-        if self.status == "completed":
-            return self.total_bytes
-        if self.started_at is None:
-            return 0
-        end = self.finished_at if self.finished_at is not None else t
-        return min(self.total_bytes, int((end - self.started_at) * self.bandwidth))
-
-    def snapshot(self, t: float) -> Migration:
-        done = self.processed(t)
-        total = self.total_bytes
-        return Migration.of(
-            id=self.id, vm_id=self.vm_id, source_host_id=self.source_host_id,
-            request=self.request, status=self.status,
-            progress=MigrationProgress(total, done, total - done,
-                                       round(100.0 * done / total, 1) if total else 100.0),
-            created_at=self.created_at, started_at=self.started_at,
-            finished_at=self.finished_at, error=self.error,
-        )
-
-
-@dataclass(slots=True)
-class _Guest:
-    spec: scenarios.GuestSpec
-    salt: int
-    vcpus: int
-    epoch: int = 0  # bumped on every power change; stale scheduled events check it
-    history: list[tuple[float, str, str]] = field(default_factory=list)
-    copies: list[metrics.Interval] = field(default_factory=list)  # its migrations' copies
-
-
-@dataclass(slots=True)
-class _State:
-    """Everything that :meth:`SimulatedBackend.reset` throws away."""
-
-    inv: Inventory
-    guests: dict[str, _Guest]
-    host_history: dict[str, list[tuple[float, str]]]
-    host_members: dict[str, set[str]]
-    jobs: JobTable[_Job]
-    events: list[tuple[float, int, Callable[[float], None]]]
-    rng: random.Random
-    seq: itertools.count
 
 
 class SimulatedBackend:

@@ -1,0 +1,84 @@
+"""What a simulated world holds between calls: its jobs, guests and the rest that a reset
+throws away (the bandwidth model of a migration's progress is :class:`_Job`'s)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cockpit_api.backends.base import (
+    Migration,
+    MigrationProgress,
+    MigrationRequest,
+    MigrationStatus,
+    VmStatus,
+)
+from cockpit_api.backends.inventory import Inventory, JobTable
+from cockpit_api.backends.sim import metrics
+from cockpit_api.backends.sim import scenario as scenarios
+
+
+@dataclass(slots=True)
+class _Job:
+    id: str
+    seq: int
+    vm_id: str
+    source_host_id: str
+    request: MigrationRequest
+    status: MigrationStatus
+    created_at: float
+    total_bytes: int
+    bandwidth: float
+    prior_status: VmStatus
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    fail_fraction: float | None = None
+    fail_message: str | None = None
+    copy: metrics.Interval | None = None  # while copying: for the metrics
+
+    def processed(self, t: float) -> int:
+        if self.status == "completed":
+            return self.total_bytes
+        if self.started_at is None:
+            return 0
+        end = self.finished_at if self.finished_at is not None else t
+        return min(self.total_bytes, int((end - self.started_at) * self.bandwidth))
+
+    def snapshot(self, t: float) -> Migration:
+        done = self.processed(t)
+        total = self.total_bytes
+        return Migration.of(
+            id=self.id, vm_id=self.vm_id, source_host_id=self.source_host_id,
+            request=self.request, status=self.status,
+            progress=MigrationProgress(total, done, total - done,
+                                       round(100.0 * done / total, 1) if total else 100.0),
+            created_at=self.created_at, started_at=self.started_at,
+            finished_at=self.finished_at, error=self.error,
+        )
+
+
+@dataclass(slots=True)
+class _Guest:
+    spec: scenarios.GuestSpec
+    salt: int
+    vcpus: int
+    epoch: int = 0  # bumped on every power change; stale scheduled events check it
+    history: list[tuple[float, str, str]] = field(default_factory=list)
+    copies: list[metrics.Interval] = field(default_factory=list)  # its migrations' copies
+
+
+@dataclass(slots=True)
+class _State:
+    """Everything that :meth:`SimulatedBackend.reset` throws away."""
+
+    inv: Inventory
+    guests: dict[str, _Guest]
+    host_history: dict[str, list[tuple[float, str]]]
+    host_members: dict[str, set[str]]
+    jobs: JobTable[_Job]
+    events: list[tuple[float, int, Callable[[float], None]]]
+    rng: random.Random
+    seq: itertools.count
