@@ -42,8 +42,10 @@ class Server:
 @contextlib.contextmanager
 def serve_process(argv: list[str], port: int, timeout: float = 30.0, *, scheme: str = "http",
                   verify: Any = True,
-                  env: dict[str, str | None] | None = None) -> Iterator[Server]:
-    """Run ``argv`` until it serves. ``env`` adds (or, with None, removes) variables.
+                  env: dict[str, str | None] | None = None,
+                  cwd: Path = ROOT) -> Iterator[Server]:
+    """Run ``argv`` (in ``cwd``) until it serves. ``env`` adds (or, with None, removes)
+    variables.
 
     ``verify``: what httpx checks the server's certificate with (an SSLContext for TLS).
     Unless ``env`` names one, the process keeps its state in a temporary
@@ -59,7 +61,7 @@ def serve_process(argv: list[str], port: int, timeout: float = 30.0, *, scheme: 
             full[key] = value
     # A file, not a pipe: a server that logs a lot must never block on a full pipe.
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(argv, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, cwd=cwd, env=full, stdout=log, stderr=subprocess.STDOUT,
                             text=True)
     server = Server(f"{scheme}://127.0.0.1:{port}", proc.pid, log)
     try:
