@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run as harness  # bench/run.py: servers, pinning, wrk
+import harness  # bench/harness.py: servers, pinning, wrk
 
 # Innermost matching frame wins. Frames matching nothing are neutral helpers.
 LAYERS: list[tuple[str, str]] = [

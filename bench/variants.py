@@ -196,13 +196,15 @@ def serve(patches: list[str], cli_args: list[str]) -> int:
 
 
 def drive(args: argparse.Namespace) -> int:
-    import run as harness
+    import harness
+    import report
+    import run
 
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    plan = harness.Plan.make(args.quick)
+    plan = run.Plan.make(args.quick)
     plan.rounds = args.rounds or plan.rounds
     plan.duration = args.duration or plan.duration
     pin = harness.Pinning.choose(True)
@@ -280,7 +282,7 @@ def drive(args: argparse.Namespace) -> int:
         lines.append(
             f"| {name} | {row['rps']:,.0f} | {row['rps'] / base['rps']:.2f}x | "
             f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-            f"{harness._opt(row['req_per_cpu_s'], ',.0f')} | {gcs.get('gen2_count', '')} | "
+            f"{report._opt(row['req_per_cpu_s'], ',.0f')} | {gcs.get('gen2_count', '')} | "
             f"{gcs.get('gen2_max_ms', '')} |")
     md = "\n".join(lines) + "\n"
     print("\n" + md)

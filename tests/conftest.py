@@ -20,6 +20,7 @@ from cockpit_api.http import pipeline
 from tests.browser import browser, context, page  # noqa: F401
 from tests.lab_support import lab_env  # noqa: F401 - one lab per session for every lab module
 from tests.pg import Postgres, pg_bin, running_postgres
+from tests.serving import login
 
 # Every request of the suite goes through the compiled pipeline; this also checks each
 # one's handler arguments against Connexion's own get_arguments (cockpit_api/pipeline.py).
@@ -122,12 +123,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{_SERVED.passed} passed to Connexion's stack (404/405, HEAD, UI, specs)")
 
 
-def login(client: TestClient, username: str, password: str) -> dict[str, str]:
-    r = client.post("/api/v1/auth/login", json={"username": username, "password": password})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
-
-
 @pytest.fixture
 def admin(client: TestClient) -> dict[str, str]:
     return login(client, "admin", "admin")
@@ -136,3 +131,19 @@ def admin(client: TestClient) -> dict[str, str]:
 @pytest.fixture
 def viewer(client: TestClient) -> dict[str, str]:
     return login(client, "viewer", "viewer")
+
+
+@pytest.fixture
+def password_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every password check the auth service makes, (password, stored hash), still made."""
+    import cockpit_api.auth.service as auth_mod
+
+    checked: list[tuple[str, str]] = []
+    real = auth_mod.verify_password
+
+    def counting(password: str, encoded: str) -> bool:
+        checked.append((password, encoded))
+        return real(password, encoded)
+
+    monkeypatch.setattr(auth_mod, "verify_password", counting)
+    return checked

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from cockpit_api.auth.service import hash_password
 from cockpit_api.config import HostConfig, Settings, UserConfig
+from tests.serving import login
 
 if TYPE_CHECKING:
     from cockpit_api.app import CockpitApp
@@ -191,9 +192,7 @@ def libvirt_app(settings: Settings, backend: LibvirtBackend) -> CockpitApp:
 
 
 def login_headers(client: Any) -> dict[str, str]:
-    r = client.post("/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
+    return login(client, *ADMIN)
 
 
 def conformance_of_served_libvirt(hosts: list[tuple[str, str]], tmp_path: Path, *,

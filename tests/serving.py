@@ -26,6 +26,32 @@ def free_port() -> int:
         return port
 
 
+def login(client: Any, username: str, password: str) -> dict[str, str]:
+    """The bearer header of a fresh login (``client``: a TestClient, an httpx.Client or
+    anything with ``post``); every test logs in through this."""
+    r = client.post("/api/v1/auth/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+BROWSER_ORIGIN = "http://localhost:5173"  # a dev server's, as a browser app sends it
+
+
+def cors_allows(client: Any, path: str, headers: str,
+                read_path: str | None = None) -> tuple[str, str]:
+    """A browser's preflight for ``GET path`` with request ``headers``, then a GET of
+    ``read_path`` (default ``path``) from the same origin: (the allowed request headers,
+    the exposed response headers), lower-cased."""
+    r = client.options(path, headers={"Origin": BROWSER_ORIGIN,
+                                      "Access-Control-Request-Method": "GET",
+                                      "Access-Control-Request-Headers": headers})
+    assert r.status_code == 200, r.text
+    allowed = r.headers["access-control-allow-headers"].lower()
+    r = client.get(read_path or path, headers={"Origin": BROWSER_ORIGIN})
+    assert r.headers["access-control-allow-origin"] == "*"
+    return allowed, r.headers["access-control-expose-headers"].lower()
+
+
 @dataclass
 class Server:
     base: str

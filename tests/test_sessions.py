@@ -20,7 +20,6 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-import cockpit_api.auth.service as auth_mod
 from cockpit_api.app import CockpitApp, create_app
 from cockpit_api.backends.sim import scenario
 from cockpit_api.backends.sim.backend import SimulatedBackend
@@ -93,15 +92,8 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 async def test_a_burst_of_wrong_passwords_checks_at_most_the_limit(
-        app: CockpitApp, monkeypatch: pytest.MonkeyPatch) -> None:
-    checked: list[str] = []
-    real = auth_mod.verify_password
-
-    def counting(password: str, encoded: str) -> bool:
-        checked.append(password)
-        return real(password, encoded)
-
-    monkeypatch.setattr(auth_mod, "verify_password", counting)
+        app: CockpitApp, password_checks: list[tuple[str, str]]) -> None:
+    checked = password_checks
     async with Client(app).at("10.0.0.7") as c:
         wrong = [c.post(f"{B}/auth/login", json={"username": "admin", "password": f"x{i}"})
                  for i in range(100)]
