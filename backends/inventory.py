@@ -83,7 +83,7 @@ def paginate(
 
 
 class InventoryObserver(Protocol):
-    """Told of every change, after it is made (the change feed, cockpit_api/feed.py).
+    """Told of every change, after it is made (the change feed, cockpit_api/feed/changes.py).
 
     Called synchronously from inside the backend's own update, so it must only
     record what it is told: never call back into the backend.

@@ -314,7 +314,7 @@ def cockpit_cmd(port: int, pin: Pinning, scenario: str | None = None,
 
 def connexion_stack_config(tmp: Path) -> Path:
     """A config that serves through Connexion's own per-request stack (no compiled
-    pipeline): the path every request took before cockpit_api/pipeline.py."""
+    pipeline): the path every request took before cockpit_api/http/pipeline.py."""
     path = tmp / "connexion-stack.toml"
     path.write_text("[server]\ncompiled_pipeline = false\n")
     return path

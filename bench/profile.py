@@ -41,16 +41,17 @@ import harness  # bench/harness.py: servers, pinning, wrk
 LAYERS: list[tuple[str, str]] = [
     ("uvicorn + httptools: HTTP parsing, socket writes", r"uvicorn/|httptools"),
     ("event loop (uvloop, asyncio)", r"asyncio/|uvloop"),
-    ("CockpitApp wrapper (cockpit_api/app.py)", r"cockpit_api/(app|state)\.py"),
+    ("CockpitApp wrapper (cockpit_api/app.py)", r"cockpit_api/app\.py"),
     ("middleware plumbing: ServerError, CORS, exceptions, lifespan, context",
      r"connexion/middleware/(main|server_error|exceptions|lifespan|abstract|context)\.py"
      r"|connexion/apps/abstract\.py|starlette/middleware/|starlette/_exception_handler\.py"),
-    ("compiled pipeline: route table, argument plan, glue (cockpit_api/pipeline.py, "
-     "connexion_parts.py)", r"cockpit_api/(pipeline|connexion_parts)\.py"),
+    ("compiled pipeline: route table, argument plan, glue (cockpit_api/http/pipeline.py, "
+     "connexion_parts.py)", r"cockpit_api/http/(pipeline|connexion_parts)\.py"),
     ("routing: Swagger UI router, RoutingMiddleware, starlette Router",
      r"connexion/middleware/(swagger_ui|routing)\.py|starlette/routing\.py"),
     ("security: Connexion's check (security.py)", r"connexion/(middleware/)?security\.py"),
-    ("security: our bearer_info + pyjwt", r"cockpit_api/auth\.py|\bjwt/"),
+    ("security: our bearer_info (state.py), the auth service + pyjwt",
+     r"cockpit_api/(state|auth/service)\.py|\bjwt/"),
     ("request validation: Connexion validators + jsonschema",
      r"connexion/validators/|connexion/middleware/(request|response)_validation\.py|jsonschema"
      r"|referencing/|rpds|attr/_make"),

@@ -47,7 +47,8 @@ sys.path.insert(0, str(BENCH))
 
 
 def p_connexion_stack() -> None:
-    """Not a change: the server as it was before the compiled pipeline (cockpit_api/pipeline.py),
+    """Not a change: the server as it was before the compiled pipeline
+    (cockpit_api/http/pipeline.py),
     every request through Connexion's own per-request middleware stack. The reference the
     pipeline's gains are measured against (``compiled_pipeline = false`` in a config file does
     the same)."""

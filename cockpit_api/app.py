@@ -70,9 +70,9 @@ CORS_EXPOSE_HEADERS = ("Location", "Retry-After", "WWW-Authenticate", "X-Request
 
 class CockpitApp:
     """The ASGI app: picks the world a request is for, puts its services in the scope,
-    adds its simulated latency, and audits every write (cockpit_api/audit.py).
+    adds its simulated latency, and audits every write (cockpit_api/ops/audit.py).
 
-    ``/sandboxes/{id}/...`` is a sandbox (cockpit_api/sandboxes.py): the scope's
+    ``/sandboxes/{id}/...`` is a sandbox (cockpit_api/sandboxes/registry.py): the scope's
     ``root_path`` becomes ``/sandboxes/{id}``, below which the one shared Connexion
     app routes as at the root. Everything else is the default world.
     """
@@ -207,7 +207,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             if writer is not None:
                 writer.flush()
 
-    # The compiled pipeline (cockpit_api/pipeline.py) serves every operation of every spec;
+    # The compiled pipeline (cockpit_api/http/pipeline.py) serves every operation of every spec;
     # Connexion's own layers below it serve the rest (UI, specs, 404/405, HEAD).
     app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan,
                              middlewares=compiled_pipeline(allow_below=(RawSpecs,))

@@ -64,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
                              settings.header_timeout, settings.keepalive_timeout)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactSecrets())
-    # uvicorn's access log is off: ours (cockpit_api/access.py) has the request id, the
+    # uvicorn's access log is off: ours (cockpit_api/http/access.py) has the request id, the
     # operation and the user, and leaves out the query string. log_config=None keeps the
     # handlers logs.configure installed (with RedactSecrets, just above); uvicorn's
     # loggers propagate to them.
@@ -86,7 +86,7 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 class RedactSecrets(logging.Filter):
     """Blank tokens in log lines: a JWT anywhere, credential-like query values.
 
-    Bodies (passwords, refresh tokens) are never logged (cockpit_api/validators.py);
+    Bodies (passwords, refresh tokens) are never logged (cockpit_api/http/validators.py);
     access tokens travel in headers, which uvicorn does not log, but a URL can carry
     one (`?ticket=`) and uvicorn's access log and trace log print URLs.
     """

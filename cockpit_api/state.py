@@ -21,7 +21,7 @@ SCOPE_KEY = "cockpit"
 # a handler: e.g. the username of a login) and written to the audit log at the answer.
 AUDIT_KEY = "cockpit.audit"
 # The request's id (str): the client's valid X-Request-Id or one made here
-# (cockpit_api/access.py). Read it with ``scope[REQUEST_ID_KEY]`` or request_id_of().
+# (cockpit_api/http/access.py). Read it with ``scope[REQUEST_ID_KEY]`` or request_id_of().
 REQUEST_ID_KEY = "cockpit.request_id"
 # Sandboxes are served below this prefix (cockpit_api/sandboxes/). A request naming one that
 # does not exist (any more) gets MISSING_SANDBOX (its id) in its scope, so that the 404

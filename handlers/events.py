@@ -1,6 +1,6 @@
 """events: the change feed as Server-Sent Events or JSON long-poll, and EventSource tickets.
 
-The feed itself (numbering, history, resume, filters) is cockpit_api/feed.py;
+The feed itself (numbering, history, resume, filters) is cockpit_api/feed/changes.py;
 this module picks the representation from ``Accept``, authenticates the
 stream for as long as it lasts, and shapes the answers.
 """

@@ -23,7 +23,7 @@ from tests.pg import Postgres, pg_bin, running_postgres
 from tests.serving import login
 
 # Every request of the suite goes through the compiled pipeline; this also checks each
-# one's handler arguments against Connexion's own get_arguments (cockpit_api/pipeline.py).
+# one's handler arguments against Connexion's own get_arguments (cockpit_api/http/pipeline.py).
 pipeline.Pipeline.crosscheck = True
 _SERVED = pipeline.Stats()  # summed over the suite's apps, printed at the end
 

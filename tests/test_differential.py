@@ -6,7 +6,7 @@ driver, both holding the same cluster (tests/libvirt_support.py builds the
 simulator's scenario from the test driver's XML, with the same ids), and
 compares the normalized answers after each step: the error (status and code)
 or the VM returned, then every VM's status, host and persistence, and every
-host's status, and the change feed's events of the step (cockpit_api/feed.py):
+host's status, and the change feed's events of the step (cockpit_api/feed/changes.py):
 the same event types for the same resources, with the same resulting states.
 
 Normalization, and why:

@@ -25,13 +25,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cockpit_api.cli",),
     ("cockpit_api.app",),
     ("cockpit_api.handlers",),
-    ("cockpit_api.sandboxes",),
+    ("cockpit_api.sandboxes.registry",),
     ("cockpit_api.world",),
-    ("cockpit_api.http", "cockpit_api.ops.audit", "cockpit_api.conformance"),
-    ("cockpit_api.feed",),
+    ("cockpit_api.http", "cockpit_api.ops.audit", "cockpit_api.conformance.runner"),
+    ("cockpit_api.feed.changes",),
     ("cockpit_api.state",),
     ("cockpit_api.ops",),  # Prometheus and logs
-    ("cockpit_api.auth",),
+    ("cockpit_api.auth.service",),
     ("cockpit_api.shapes",),
     ("cockpit_api.config",),
     ("cockpit_api.store",),
@@ -191,6 +191,6 @@ def test_a_circle_fails_the_check(tmp_path: Path) -> None:
 def test_a_bare_top_level_import_fails_the_check(tmp_path: Path) -> None:
     root = _copy(tmp_path)
     vms = root / PACKAGE / "handlers" / "vms.py"
-    vms.write_text(vms.read_text() + "\nimport backends.base  # noqa\n")
-    assert any("imports backends.base; use cockpit_api.backends.base" in p
+    vms.write_text(vms.read_text() + "\nimport cockpit_api.backends.base  # noqa\n")
+    assert any("imports cockpit_api.backends.base; use cockpit_api.backends.base" in p
                for p in problems(root))

@@ -1,4 +1,4 @@
-"""The compiled request pipeline (cockpit_api/pipeline.py) against Connexion's own stack.
+"""The compiled request pipeline (cockpit_api/http/pipeline.py) against Connexion's own stack.
 
 Same requests, same answers, on the project's API and on a small spec built to probe
 routing precedence, bodies and defaults, sync handlers and streaming; operations are

@@ -321,7 +321,7 @@ async def test_every_write_is_audited(app: CockpitApp) -> None:
     assert action["request_id"] == "req-123" and action["address"] == "10.0.0.5"
     assert action["path"] == f"{B}/vms/{VM}/action" and action["method"] == "POST"
     assert action["role"] == "admin" and action["at"].endswith("Z")
-    # Without the header, the id the server made for the request (cockpit_api/access.py).
+    # Without the header, the id the server made for the request (cockpit_api/http/access.py).
     assert entries[3]["request_id"] and entries[3]["request_id"] != "req-123"
 
 

@@ -1,4 +1,5 @@
-"""The dashboard's serving (cockpit_api/web.py): static files, config, redirects, the CLI line."""
+"""The dashboard's serving (cockpit_api/http/web.py): static files, config, redirects, the CLI
+line."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ For every HTTP request:
   the scope's ``extensions``, which Connexion shares with this layer), the
   status and the duration;
 - with the access log on, one line through the writer it was given
-  (cockpit_api/logs.py: ``JsonAccessLog`` or ``TextAccessLog``).
+  (cockpit_api/ops/logs.py: ``JsonAccessLog`` or ``TextAccessLog``).
 
 A nested app (a sandbox built with create_app inside this one) finds the id
 already in the scope and leaves the request to the outer layer.

@@ -1,6 +1,6 @@
 """Every piece of Connexion 3.3 the compiled pipeline uses that is not its documented API.
 
-``cockpit_api/pipeline.py`` builds, once per operation, what Connexion's middleware
+``cockpit_api/http/pipeline.py`` builds, once per operation, what Connexion's middleware
 stack rebuilds on every request. It takes the pieces from here, and only from here,
 so that a Connexion upgrade has one file to check. pyproject.toml pins
 ``connexion==3.3.*``; ``tests/test_connexion_parts.py`` fails loudly when any of the

@@ -91,7 +91,7 @@ def problem(status: int, detail: str, *, code: str | None = None, title: str | N
 class InvalidRequest(ProblemException):
     """A request that failed validation, with one ``{pointer, detail}`` per faulty field.
 
-    Raised by our validators (cockpit_api/validators.py) instead of Connexion's
+    Raised by our validators (cockpit_api/http/validators.py) instead of Connexion's
     BadRequestProblem, whose detail is the validator's full message.
     """
 

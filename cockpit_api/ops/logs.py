@@ -7,7 +7,7 @@ without the id being passed down. A context variable is per task, not shared
 state: two app instances in one process never see each other's ids.
 
 Access-log lines (``cockpit_api.http.access``: written by :class:`JsonAccessLog` or
-:class:`TextAccessLog` for cockpit_api/access.py) add
+:class:`TextAccessLog` for cockpit_api/http/access.py) add
 ``method``, ``path`` (never the query string: it can carry an event-feed
 ticket), ``operation``, ``status``, ``duration_ms`` and ``user``. Nothing here
 logs request bodies, query values, passwords or tokens.

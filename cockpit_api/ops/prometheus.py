@@ -7,7 +7,7 @@ has read the backend's hosts and migrations.
 
 What others call (all cheap, none blocks):
 
-- the request middleware (cockpit_api/access.py): :meth:`Metrics.request_started`
+- the request middleware (cockpit_api/http/access.py): :meth:`Metrics.request_started`
   and :meth:`Metrics.request_finished`;
 - the libvirt backend: its ``call_observer`` attribute is set to
   :meth:`Metrics.observe_libvirt_call` (``call`` is the fixed description of the
