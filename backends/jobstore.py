@@ -11,6 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cockpit_api.backends.base import Conflict
+
+
+class JobConflict(Conflict):
+    """Another unfinished job already moves this VM (409)."""
+
+    code = "vm_migrating"
+
+    def __init__(self, vm_id: str, job_id: str | None) -> None:
+        super().__init__(f"VM {vm_id} already has an unfinished migration job"
+                         + (f" ({job_id})" if job_id else ""))
+        self.vm_id = vm_id
+        self.job_id = job_id
+
 
 @dataclass(slots=True)
 class JobRecord:
@@ -35,8 +49,8 @@ class JobRecord:
 class JobStore(Protocol):
     """The store's calls the libvirt backend makes (blocking: run in a worker thread).
 
-    ``create_job`` raises a :class:`~cockpit_api.backends.base.Conflict` (the store's
-    ``JobConflict``, 409 ``vm_migrating``) when the VM already has an unfinished job.
+    ``create_job`` raises :class:`JobConflict` (409 ``vm_migrating``) when the VM already
+    has an unfinished job.
     """
 
     display_url: str  # the store's URL with any password masked: safe to log

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,6 +67,7 @@ class SandboxRouter(Protocol):
     """What the app asks of its sandbox registry (cockpit_api/sandboxes/registry.py)."""
 
     def route(self, path: str) -> tuple[str, Sandboxed | None]: ...
+    def all(self) -> Sequence[Sandboxed]: ...
     async def close(self) -> None: ...
 
 

@@ -61,10 +61,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from cockpit_api.backends.base import Conflict, Unavailable
+from cockpit_api.backends.base import Unavailable
 
 # The job record is the backends' word (they import nothing from the server); the store
 # keeps it and implements their JobStore (cockpit_api/backends/jobstore.py).
+from cockpit_api.backends.jobstore import (
+    JobConflict as JobConflict,  # re-exported: the store raises it
+)
 from cockpit_api.backends.jobstore import JobRecord
 
 RotateOutcome = Literal["rotated", "reused", "invalid"]
@@ -79,18 +82,6 @@ class StoreUnavailable(Unavailable):
 
     def __init__(self, detail: str = "the state store is unavailable; retry shortly") -> None:
         super().__init__(detail, code="store_unavailable", retry_after=5)
-
-
-class JobConflict(Conflict):
-    """Another unfinished job already moves this VM (409)."""
-
-    code = "vm_migrating"
-
-    def __init__(self, vm_id: str, job_id: str | None) -> None:
-        super().__init__(f"VM {vm_id} already has an unfinished migration job"
-                         + (f" ({job_id})" if job_id else ""))
-        self.vm_id = vm_id
-        self.job_id = job_id
 
 
 @dataclass(frozen=True, slots=True)
