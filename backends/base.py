@@ -241,6 +241,13 @@ class MetricsWindow:
         return range(first, self.end + 1, self.step)
 
 
+def dry_run_job(vm: Vm, request: MigrationRequest, t: float) -> Migration:
+    """What a migration's dry run answers: the job it would start, without an id (none exists)."""
+    return Migration.of(id="", vm_id=vm.id, source_host_id=vm.host_id, request=request,
+                        status="initiated", progress=MigrationProgress(0, 0, 0, 0.0),
+                        created_at=t, started_at=None, finished_at=None, error=None)
+
+
 # --------------------------------------------------------------------------- pages
 
 T = TypeVar("T")
@@ -342,11 +349,21 @@ class Backend(Protocol):
 
     async def get_vm(self, vm_id: str) -> Vm: ...
 
-    async def vm_action(self, vm_id: str, action: ActionName, force: bool) -> Vm:
-        """Do a power action; answer the VM as it is right after libvirt returned."""
+    async def vm_action(self, vm_id: str, action: ActionName, force: bool,
+                        dry_run: bool = False) -> Vm:
+        """Do a power action; answer the VM as it is right after libvirt returned.
 
-    async def migrate(self, vm_id: str, request: MigrationRequest) -> Migration:
-        """Accept a migration job and return it ``initiated``; it runs in the background."""
+        ``dry_run``: make every check the action makes (the VM, its host, a job, the
+        VM's state as the hypervisor reports it) and raise what it would raise, but
+        change nothing; answer the VM as it is.
+        """
+
+    async def migrate(self, vm_id: str, request: MigrationRequest,
+                      dry_run: bool = False) -> Migration:
+        """Accept a migration job and return it ``initiated``; it runs in the background.
+
+        ``dry_run``: every check, nothing started; the answer is :func:`dry_run_job`.
+        """
 
     async def list_migrations(self, page: PageRequest, flt: MigrationFilter) -> Page[Migration]: ...
 

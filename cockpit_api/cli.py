@@ -1,4 +1,4 @@
-"""``cockpit-api``: serve the API, hash passwords, check a deployment's conformance."""
+"""``cockpit-api``: serve, hash passwords, check (conformance, twin) and snapshot a deployment."""
 
 from __future__ import annotations
 
@@ -215,8 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     rk.set_defaults(func=_rotate_key)
 
     from cockpit_api.conformance import runner as conformance
+    from cockpit_api.snapshot import take as snapshot
+    from cockpit_api.twin import command as twin
 
     conformance.add_parser(sub)
+    snapshot.add_parser(sub)
+    twin.add_parser(sub)
     return parser
 
 

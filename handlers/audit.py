@@ -40,7 +40,8 @@ def _before(cursor: str | None) -> int | None:
 def _entry(e: AuditEntry) -> Json:
     return {"id": e.id, "at": iso(e.at), "actor": e.actor, "role": e.role,
             "address": e.address, "operation": e.operation, "method": e.method,
-            "path": e.path, "status": e.status, "request_id": e.request_id}
+            "path": e.path, "status": e.status, "request_id": e.request_id,
+            "dry_run": e.dry_run}
 
 
 async def list_audit(limit: int = 100, cursor: str | None = None) -> Response:

@@ -20,7 +20,7 @@ from cockpit_api.handlers._common import (
 )
 
 
-async def migrate_vm(id: str, body: Json) -> Response:  # noqa: A002
+async def migrate_vm(id: str, body: Json, dry_run: bool = False) -> Response:  # noqa: A002
     require_admin()
     req = MigrationRequest(
         destination_host_id=body["destination_host_id"],
@@ -29,7 +29,11 @@ async def migrate_vm(id: str, body: Json) -> Response:  # noqa: A002
         undefine_source=body.get("undefine_source", True),
         copy_storage=body.get("copy_storage", "none"),
     )
-    job = await backend().migrate(id, req)
+    job = await backend().migrate(id, req, dry_run)
+    if dry_run:
+        # No job exists, so no id and no Location: 200, not 202 (nothing was accepted).
+        return ok({"dry_run": True, "vm_id": job.vm_id, "source_host_id": job.source_host_id,
+                   "destination_host_id": job.destination_host_id})
     return ok({"migration_id": job.id, "status": "initiated"}, 202,
               {"Location": f"{root_path()}/api/v1/migrations/{job.id}"})
 

@@ -33,7 +33,7 @@ async def get_vm(id: str) -> Response:  # noqa: A002
     return cached(lambda: vm_json(vm), state_tag(feed()))
 
 
-async def vm_action(id: str, body: Json) -> Response:  # noqa: A002
+async def vm_action(id: str, body: Json, dry_run: bool = False) -> Response:  # noqa: A002
     require_admin()
-    vm = await backend().vm_action(id, body["action"], bool(body.get("force", False)))
-    return ok(vm_json(vm))
+    vm = await backend().vm_action(id, body["action"], bool(body.get("force", False)), dry_run)
+    return ok({**vm_json(vm), "dry_run": True} if dry_run else vm_json(vm))

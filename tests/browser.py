@@ -13,12 +13,18 @@ tests/conftest.py imports the fixtures, so any test can ask for them::
 
 ``browser`` is one Chromium per test module (starting it costs ~1 s); ``page`` is a
 fresh context (own cookies and storage) and page per test, 1280x800.
+
+A page's console is part of what is tested: any console message of type ``error``
+(an invalid ``pattern``, a failed request, a script's ``console.error``) or uncaught
+error fails the test that saw it. A test that provokes a failed request on purpose
+says so through the ``console`` fixture: ``console.allow_status(401)``.
 Without chromium or playwright the tests that use them are skipped with the reason.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -99,16 +105,49 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
         ctx.close()
 
 
+class Console:
+    """What one page said on its console as errors, and what its test allows it to say."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        # The browser's own look for an icon on a page that names none (a JSON document):
+        # no page asked for it.
+        self._allowed: list[re.Pattern[str]] = [re.compile(r"status of 404 .*/favicon\.ico\)$")]
+
+    def watch(self, pg: Page) -> None:
+        pg.on("console", lambda msg: self._console(msg.type, msg.text, msg.location))
+        pg.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+    def _console(self, kind: str, text: str, location: Any) -> None:
+        if kind == "error":
+            url = location.get("url", "") if isinstance(location, dict) else ""
+            self.errors.append(f"{text} ({url})" if url else text)
+
+    def allow(self, pattern: str) -> None:
+        """Errors matching this regular expression are expected by the test."""
+        self._allowed.append(re.compile(pattern))
+
+    def allow_status(self, *statuses: int) -> None:
+        """Chromium logs every answer >= 400 as "Failed to load resource": allow these."""
+        for status in statuses:
+            self.allow(
+                rf"Failed to load resource: the server responded with a status of {status}\b")
+
+    def unexpected(self) -> list[str]:
+        return [e for e in self.errors if not any(p.search(e) for p in self._allowed)]
+
+
 @pytest.fixture
-def page(context: BrowserContext) -> Iterator[Page]:
+def console() -> Console:
+    return Console()
+
+
+@pytest.fixture
+def page(context: BrowserContext, console: Console) -> Iterator[Page]:
     pg = context.new_page()
-    errors: list[Any] = []
-
-    def on_error(error: Any) -> None:
-        errors.append(error)
-
-    # A script error in the page fails the test that saw it, with the message.
-    pg.on("pageerror", on_error)
+    console.watch(pg)
     yield pg
-    if errors:
-        pytest.fail(f"uncaught errors in the page: {errors}")
+    # A console error or a script error fails the test that saw it, with the message.
+    unexpected = console.unexpected()
+    if unexpected:
+        pytest.fail("errors on the page's console:\n" + "\n".join(unexpected))

@@ -17,7 +17,7 @@ from cockpit_api.config import Settings
 from cockpit_api.http import pipeline
 
 # Headless Chromium for any test that asks for `browser`, `context` or `page`.
-from tests.browser import browser, context, page  # noqa: F401
+from tests.browser import browser, console, context, page  # noqa: F401
 from tests.lab_support import lab_env  # noqa: F401 - one lab per session for every lab module
 from tests.pg import Postgres, pg_bin, running_postgres
 from tests.serving import login

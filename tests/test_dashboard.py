@@ -3,7 +3,7 @@
 
 The server's virtual clock is frozen (``--speed 0``) and moved from the page's own
 simulator panel, so a migration's progress is exact and quick; every wait is a page
-condition with a bounded timeout, never a sleep. Each test starts from a reset.
+condition with a bounded timeout, never a sleep. Each test starts from the default world.
 
 ``COCKPIT_SCREENSHOTS=1`` writes the main views to docs/screenshots/ (the README
 shows them).
@@ -12,7 +12,6 @@ shows them).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,78 +20,50 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.browser import skip_reason
-from tests.serving import ROOT, served
+from tests.browser import Console, skip_reason
+from tests.dashboard_support import (
+    NODE1,
+    NODE2,
+    NODE3,
+    NODE4,
+    OFF_VM,
+    OTHER_OFF_VM,
+    ROOT,
+    RUNNING_VM,
+    SHOTS,
+    advance,
+    dashboard_server,
+    fresh_world,
+    log_in,
+    shot,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, Route
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
-NODE1 = "019e0014-abcd-7057-b326-000000000001"
-NODE2 = "019e0014-ffff-7057-b326-000000000002"
-NODE3 = "019e0014-1a2b-7057-b326-000000000003"
-NODE4 = "019e0014-dead-7057-b326-000000000004"  # disconnected in the default scenario
-OFF_VM = "bc2c8e3e-93af-4954-a14c-1d7e84488709"  # build-runner-01: shut off, on node 1
-RUNNING_VM = "d13c513a-42f8-4da1-97b1-165f0971b7c4"  # web-frontend-01: running on node 1
-OTHER_OFF_VM = "4630de19-bf77-438d-8b9b-7cefad989a70"  # build-runner-02: shut off, on node 2
-SHOTS = ROOT / "docs" / "screenshots"
 WRITE_TOOLS = ["start", "stop", "force-stop", "restart", "suspend", "resume", "migrate", "cancel"]
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    with served("--speed", "0") as base:
+    with dashboard_server() as base:
         yield base
 
 
 @pytest.fixture
 def base(server: str) -> str:
-    token = httpx.post(f"{server}/api/v1/auth/login",
-                       json={"username": "admin", "password": "admin"}).json()["token"]
-    r = httpx.post(f"{server}/_sim/reset", headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 200, r.text
-    return server
-
-
-def shot(page: Page, name: str, selector: str | None = None) -> None:
-    """Write docs/screenshots/NAME.png (the viewport from the top, or one element)."""
-    if not os.environ.get("COCKPIT_SCREENSHOTS"):
-        return
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = str(SHOTS / f"{name}.png")
-    page.mouse.move(0, 0)  # no hover effect in the picture
-    if selector:
-        page.locator(selector).screenshot(path=path)
-    else:
-        page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=path)
-
-
-def log_in(page: Page, base: str, user: str = "admin") -> None:
-    page.goto(f"{base}/dashboard/")
-    page.get_by_label("Username").wait_for()
-    if user != "admin":
-        # The simulator's demo users fill the form in with one click.
-        page.locator(f"[data-demo={user}]").click()
-    page.get_by_role("button", name="Log in").click()
-    page.locator("tr[data-vm]").first.wait_for()
-
-
-def advance(page: Page, seconds: int) -> None:
-    """Move the server's frozen clock from the simulator panel, and wait for the answer."""
-    before = page.locator("[data-sim='now']").inner_text()
-    page.get_by_label("Advance (s)").fill(str(seconds))
-    page.locator("#sim-advance-go").click()
-    page.wait_for_function(
-        f"document.querySelector(\"[data-sim='now']\").innerText !== {before!r}")
+    return fresh_world(server)
 
 
 def vm_row(page: Page, vm_id: str) -> str:
     return f"tr[data-vm='{vm_id}']"
 
 
-def test_log_in_and_see_the_default_scenarios_hosts_and_vms(page: Page, base: str) -> None:
+def test_log_in_and_see_the_default_scenarios_hosts_and_vms(page: Page, base: str,
+                                                            console: Console) -> None:
+    console.allow_status(401)  # the wrong password, on purpose
     page.goto(f"{base}/dashboard/")
     # Demo users are prefilled on the simulator.
     assert page.get_by_label("Username").input_value() == "admin"
@@ -257,12 +228,12 @@ def test_a_host_disconnected_from_the_panel_shows_as_disconnected(page: Page, ba
     log_in(page, base)
     page.get_by_role("button", name="Disconnect vapor-node-03.corp.awan.io").click()
     page.locator(f".host-items li[data-host='{NODE3}'][data-status='disconnected']").wait_for()
-    # Its VMs' actions now answer 503 host_disconnected: shown as the problem's words.
-    page.get_by_role("button", name="Restart monitoring-01").click()
-    problem = page.locator(".problem").first
-    problem.wait_for()
-    assert "Service Unavailable" in problem.inner_text()
-    assert "disconnected" in problem.inner_text()
+    # Its VMs' actions would answer 503 host_disconnected: the row says why they wait.
+    restart = page.get_by_role("button", name="Restart monitoring-01")
+    restart.wait_for()
+    page.locator(f"[data-key='{restart.get_attribute('data-key')}'][aria-disabled='true']").wait_for()
+    assert "vapor-node-03 is disconnected" in page.locator(
+        f"#{restart.get_attribute('aria-describedby')}").inner_text()
     shot(page, "disconnected")
     shot(page, "simulator", "#sim")
     page.get_by_role("button", name="Reconnect vapor-node-03.corp.awan.io").click()
@@ -344,7 +315,9 @@ def test_the_change_feed_client_follows_the_contract(page: Page, base: str) -> N
     assert "ticket=t2" in seen[1] and "last_event_id=41" in seen[1]
 
 
-def test_the_panel_sets_latency_and_speed_and_loads_a_scenario(page: Page, base: str) -> None:
+def test_the_panel_sets_latency_and_speed_and_loads_a_scenario(page: Page, base: str,
+                                                              console: Console) -> None:
+    console.allow_status(400, 404)  # a delay and a scenario the server refuses, on purpose
     log_in(page, base)
     # What the form would stop, the server refuses: its 400 is shown as sent.
     page.locator("#sim-latency").evaluate("el => el.removeAttribute('max')")

@@ -206,7 +206,8 @@ def _paused_vm() -> str:
 
 @pytest.mark.xfail(strict=True, reason=(
     "libvirt's test driver runs a paused domain after a reboot; QEMU's reboot is an ACPI "
-    "event a paused guest cannot act on, so it stays paused, and so does the simulator"))
+    "event a paused guest cannot act on, so it stays paused, and so does the simulator "
+    "(docs/twin-known-differences.yaml: testdriver-reboot-of-a-paused-vm)"))
 def test_reboot_of_a_paused_vm(pair: Any) -> None:
     runner, sim, lv = pair
     vm = _paused_vm()

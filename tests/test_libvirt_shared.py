@@ -291,3 +291,75 @@ def test_a_lost_host_reads_disconnected_and_refuses_work(cluster: Cluster) -> No
     assert err.code == "host_disconnected"
     # The other hosts are not affected.
     assert cluster.act("web-02", "suspend").status == "paused"
+
+
+# ---------------------------------------------------------------- dry runs
+
+
+def _world(cluster: Cluster) -> tuple[Any, ...]:
+    """Everything a dry run must leave alone: VMs, hosts, jobs, the change feed's position."""
+    from cockpit_api.backends.base import MigrationFilter
+    from cockpit_api.feed.changes import feed_of
+
+    b = cluster.backend
+    hosts = cluster.run(b.list_hosts(PageRequest(1000))).items
+    jobs = cluster.run(b.list_migrations(PageRequest(1000), MigrationFilter())).items
+    return (cluster.vms(), hosts, [(j.id, j.status) for j in jobs], feed_of(b).seq)
+
+
+def _outcome(cluster: Cluster, coro: Coroutine[Any, Any, Any]) -> tuple[Any, ...]:
+    try:
+        cluster.run(coro)
+    except BackendError as exc:
+        return ("error", exc.status, exc.code)
+    return ("ok",)
+
+
+def test_a_dry_run_answers_like_the_action_and_changes_nothing(cluster: Cluster) -> None:
+    # Every action in every state the cluster passes through: the dry run first (nothing
+    # may change: state, jobs, feed), then the real action, which must answer alike.
+    b = cluster.backend
+    names = sorted(expected_vms())
+    steps = [(n, a, f) for a in ("suspend", "resume", "stop", "start", "restart")
+             for f in (True, False) for n in names]
+    ok = 0
+    for name, action, force in steps:
+        vm = cluster.vm(name) if any(v.name == name for v in cluster.vms()) else None
+        if vm is None:
+            continue  # a transient VM that was stopped is gone
+        before = _world(cluster)
+        dry = _outcome(cluster, b.vm_action(vm.id, action, force, dry_run=True))  # type: ignore[arg-type]
+        assert _world(cluster) == before, f"dry run of {action} {force} on {name} changed state"
+        real = _outcome(cluster, b.vm_action(vm.id, action, force))  # type: ignore[arg-type]
+        assert dry == real, f"{action} force={force} on {name}: dry {dry} != real {real}"
+        ok += dry == ("ok",)
+        if isinstance(b, SimulatedBackend):
+            b.advance(30)  # past any guest's shutdown delay, as the differential test does
+    assert ok >= 10  # the sequence reached accepted actions too, not only refusals
+
+
+def test_a_dry_run_of_a_migration_answers_like_it_and_changes_nothing(cluster: Cluster) -> None:
+    b = cluster.backend
+    cases = [("web-02", A), ("build-01", B), ("batch-01", B), ("sleepy-01", B),
+             ("web-02", GHOST_HOST), ("web-02", B), ("web-02", C)]
+    for name, dest in cases:
+        vm = cluster.vm(name)
+        before = _world(cluster)
+        dry = _outcome(cluster, b.migrate(vm.id, MigrationRequest(dest), dry_run=True))
+        assert _world(cluster) == before, f"dry run of migrating {name} changed state"
+        real = _outcome(cluster, b.migrate(vm.id, MigrationRequest(dest)))
+        assert dry == real, f"migrate {name} to {dest}: dry {dry} != real {real}"
+    # The accepted one (web-02 to B) left web-02 migrating: the last dry run said so too.
+    assert _outcome(cluster, b.migrate(cluster.vm("web-02").id, MigrationRequest(C),
+                                       dry_run=True)) == ("error", 409, "vm_migrating")
+
+
+def test_a_dry_run_on_a_lost_host_answers_503(cluster: Cluster) -> None:
+    cluster.lose("node-c")
+    b, edge = cluster.backend, cluster.vm("edge-01")
+    before = _world(cluster)
+    assert _outcome(cluster, b.vm_action(edge.id, "stop", True, dry_run=True)) == \
+        ("error", 503, "host_disconnected")
+    assert _outcome(cluster, b.migrate(cluster.vm("web-02").id, MigrationRequest(C),
+                                       dry_run=True)) == ("error", 409, "host_disconnected")
+    assert _world(cluster) == before

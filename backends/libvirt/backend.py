@@ -230,7 +230,8 @@ class LibvirtBackend:
 
     # ------------------------------------------------------------ actions
 
-    async def vm_action(self, vm_id: str, action: ActionName, force: bool) -> Vm:
+    async def vm_action(self, vm_id: str, action: ActionName, force: bool,
+                        dry_run: bool = False) -> Vm:
         if action not in calls.ACTIONS:
             raise InvalidArgument(f"unknown action {action}", code="bad_action")
         vm = self._inv.get_vm(vm_id)
@@ -244,10 +245,14 @@ class LibvirtBackend:
             raise Conflict(f"VM {vm.name} is migrating ({vm.migration_id})", code="vm_migrating")
         try:
             await self.hosts.call(h, functools.partial(calls.do_action, vm_id=vm_id,
-                                                       action=action, force=force), action)
+                                                       action=action, force=force,
+                                                       dry_run=dry_run),
+                                  "dry run" if dry_run else action)
         except NotFound:
             self.hosts.resync_all_soon()  # it is not where we thought: look everywhere
             raise
+        if dry_run:
+            return vm  # checked against libvirt's state of now; nothing was called
         with contextlib.suppress(BackendError):
             await self.hosts.refresh(h, vm_id)
         self.hosts.resync_soon(h)
@@ -257,8 +262,9 @@ class LibvirtBackend:
         # A transient domain that powered off is gone; answer its last state.
         return replace(vm, status="shutoff", migration_id=None)
 
-    async def migrate(self, vm_id: str, request: MigrationRequest) -> Migration:
-        return await self.migrations.start(vm_id, request)
+    async def migrate(self, vm_id: str, request: MigrationRequest,
+                      dry_run: bool = False) -> Migration:
+        return await self.migrations.start(vm_id, request, dry_run)
 
     async def cancel_migration(self, migration_id: str) -> Migration:
         return await self.migrations.cancel(migration_id)

@@ -148,49 +148,54 @@ def read_stats(conn: Any, skip: frozenset[str] = frozenset()) -> HostSample:
     return HostSample(t, domains, cpu, memory)
 
 
-def do_action(conn: Any, vm_id: str, action: str, force: bool) -> None:
-    """Act on the domain's current state with the simulator's refusals and no-ops."""
+def do_action(conn: Any, vm_id: str, action: str, force: bool, dry_run: bool = False) -> None:
+    """Act on the domain's current state with the simulator's refusals and no-ops.
+
+    ``dry_run``: read the state and refuse what would be refused, but call nothing.
+    """
     dom = conn.lookupByUUIDString(vm_id)
     if dom.isActive() and _migration_side(dom) == "in":
         # Never act on a copy that a migration is still filling in (its source owns the VM).
         raise Conflict("this copy of the domain is an incoming migration", code="vm_migrating")
     status = status_of(dom.state()[0])
+    steps = _action_steps(status, bool(dom.isActive()), action, force)
+    if not dry_run:
+        for step in steps:
+            getattr(dom, step)()
+
+
+def _action_steps(status: VmStatus, has_process: bool, action: str, force: bool) -> list[str]:
+    """The virDomain methods an action calls in this state, in order; Conflict if refused."""
     active = status in ACTIVE_STATUSES
     if action == "start":
         if active:
             raise Conflict("domain is already running", code="vm_running")
-        if dom.isActive():
-            # A crashed domain that libvirt preserved (on_crash=preserve) still has its
-            # QEMU process: starting it again means tearing that down first.
-            dom.destroy()
-        dom.create()
-        return
+        # A crashed domain that libvirt preserved (on_crash=preserve) still has its
+        # QEMU process: starting it again means tearing that down first.
+        return ["destroy", "create"] if has_process else ["create"]
     if not active:
         raise Conflict("domain is not running", code="vm_not_running")
     if action == "stop":
         if force:
-            dom.destroy()
-        elif status == "paused":
+            return ["destroy"]
+        if status == "paused":
             # QEMU refuses an ACPI shutdown of paused vCPUs (VIR_ERR_OPERATION_INVALID).
             raise Conflict("domain is paused: resume it first, or stop it with force",
                            code="vm_paused")
-        else:
-            dom.shutdown()
-    elif action == "restart":
-        if force:
-            dom.reset()
-        else:
-            dom.reboot()
-    elif action == "suspend":
+        return ["shutdown"]
+    if action == "restart":
+        return ["reset"] if force else ["reboot"]
+    if action == "suspend":
         if status == "pmsuspended":
             raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
-        if status != "paused":  # suspending a paused domain is a no-op in QEMU's driver
-            dom.suspend()
-    elif action == "resume":
+        # Suspending a paused domain is a no-op in QEMU's driver.
+        return [] if status == "paused" else ["suspend"]
+    if action == "resume":
         if status == "pmsuspended":
             raise Conflict("cannot resume a domain in pmsuspended state", code="vm_pmsuspended")
-        if status == "paused":  # resuming a running domain is a no-op, as in the simulator
-            dom.resume()
+        # Resuming a running domain is a no-op, as in the simulator.
+        return ["resume"] if status == "paused" else []
+    return []
 
 
 def job_stats(conn: Any, uuid: str) -> dict[str, Any] | None:

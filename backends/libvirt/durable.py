@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cockpit_api.backends.base import MigrationRequest, MigrationStatus
-from cockpit_api.backends.jobstore import JobRecord
+from cockpit_api.backends.jobstore import JobConflict, JobRecord
 from cockpit_api.backends.jobstore import JobStore as Store
 from cockpit_api.backends.libvirt.hostids import HostIdError, _read, load_host_ids, uuid7
 
@@ -135,6 +135,14 @@ class Durable:
             return
         await self._call(self.store.create_job, record_of(job, self.me))
         self._saved[job.id] = _state(job)
+
+    async def check_free(self, vm_id: str) -> None:
+        """What :meth:`create` would refuse, without writing: a dry run's check of the store."""
+        if self.store is None:
+            return
+        for rec in await self.unfinished():
+            if rec.vm_id == vm_id:
+                raise JobConflict(vm_id, rec.id)
 
     async def records(self) -> list[JobRecord]:
         if self.store is None:

@@ -43,6 +43,7 @@ from cockpit_api.backends.base import (
     MigrationStatus,
     NotFound,
     Unavailable,
+    dry_run_job,
 )
 from cockpit_api.backends.inventory import JobTable
 from cockpit_api.backends.libvirt import calls, durable
@@ -155,7 +156,8 @@ class Migrations:
 
     # ------------------------------------------------------------ starting
 
-    async def start(self, vm_id: str, request: MigrationRequest) -> Migration:
+    async def start(self, vm_id: str, request: MigrationRequest,
+                    dry_run: bool = False) -> Migration:
         hosts, inv = self.hosts, self.hosts.inv
         vm = inv.get_vm(vm_id)
         dest = hosts.by_id.get(request.destination_host_id)
@@ -187,6 +189,9 @@ class Migrations:
             raise Conflict("domain is not running", code="vm_not_running")
         if vm.status == "pmsuspended":
             raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
+        if dry_run:
+            await self.records.check_free(vm.id)  # another replica's unfinished job: 409
+            return dry_run_job(vm, request, time.time())
         job = self._new(vm.id, src, request)
         try:
             await self.records.create(job)  # the store's word: one unfinished job per VM

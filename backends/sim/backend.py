@@ -47,6 +47,7 @@ from cockpit_api.backends.base import (
     Vm,
     VmFilter,
     VmStatus,
+    dry_run_job,
 )
 from cockpit_api.backends.inventory import Inventory, JobTable, ResetObserver
 from cockpit_api.backends.sim import metrics
@@ -229,57 +230,72 @@ class SimulatedBackend:
 
     # ------------------------------------------------------------ actions
 
-    async def vm_action(self, vm_id: str, action: ActionName, force: bool) -> Vm:
+    async def vm_action(self, vm_id: str, action: ActionName, force: bool,
+                        dry_run: bool = False) -> Vm:
         self._settle()
         s = self._s
         vm = s.inv.get_vm(vm_id)
-        self._take_fault("action", vm)
+        self._take_fault("action", vm, dry_run=dry_run)
         self._require_host(vm.host_id)
         if vm.migration_id is not None:
             raise Conflict(f"VM {vm.name} is migrating ({vm.migration_id})", code="vm_migrating")
-        t = self.now()
-        guest = s.guests[vm.id]
+        do = self._plan_action(vm, action, force)
+        # A dry run has made every check the real call makes (each refusal raised above):
+        # the VM is answered as it is, and nothing is applied.
+        return vm if dry_run else do(self.now())
+
+    def _plan_action(self, vm: Vm, action: ActionName, force: bool) -> Callable[[float], Vm]:
+        """Refuse what QEMU refuses (Conflict); else what the action does, applied at ``t``."""
+        guest = self._s.guests[vm.id]
         active = vm.status in ACTIVE_STATUSES
         if action == "start":
             if active:
                 raise Conflict("domain is already running", code="vm_running")
-            return self._set_status(vm, "running", t)
+            return lambda t: self._set_status(vm, "running", t)
         if not active:
             raise Conflict("domain is not running", code="vm_not_running")
         if action == "stop":
             if force:
-                return self._power_off(vm, t)
+                return lambda t: self._power_off(vm, t)
             # ACPI shutdown: accepted now, acted on by the guest later (or never).
             # QEMU refuses it for a paused guest, which could not act on it.
             if vm.status == "paused":
                 raise Conflict("domain is paused: resume it first, or stop it with force",
                                code="vm_paused")
-            self._schedule_shutdown(vm, t)
-            return vm
+
+            def shutdown(t: float) -> Vm:
+                self._schedule_shutdown(vm, t)
+                return vm
+            return shutdown
         if action == "restart":
             # The guest's OS restarts inside, which forgets a pending ACPI shutdown. A
             # reset leaves libvirt's state as it was; a reboot (ACPI) wakes a guest that
             # is suspended to RAM or blocked, but not a paused one: its vCPUs are stopped.
             if force or vm.status == "paused":
-                guest.epoch += 1
-                return vm
-            return self._set_status(vm, "running", t)
+                def forget(t: float) -> Vm:
+                    guest.epoch += 1
+                    return vm
+                return forget
+            return lambda t: self._set_status(vm, "running", t)
         if action == "suspend":
             if vm.status == "pmsuspended":
                 raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
             # Suspending a paused domain is a no-op in QEMU's driver.
-            return vm if vm.status == "paused" else self._set_status(vm, "paused", t)
+            if vm.status == "paused":
+                return lambda t: vm
+            return lambda t: self._set_status(vm, "paused", t)
         if action == "resume":
             if vm.status == "pmsuspended":
                 raise Conflict("cannot resume a domain in pmsuspended state", code="vm_pmsuspended")
             if vm.status != "paused":
                 # QEMU refuses to resume a running domain; the API makes it a no-op so
                 # that "make sure it runs" is idempotent on every driver.
-                return vm
-            return self._set_status(vm, "running", t)
+                return lambda t: vm
+            return lambda t: self._set_status(vm, "running", t)
         raise InvalidArgument(f"unknown action {action}", code="bad_action")
 
-    async def migrate(self, vm_id: str, request: MigrationRequest) -> Migration:
+    async def migrate(self, vm_id: str, request: MigrationRequest,
+                      dry_run: bool = False) -> Migration:
         self._settle()
         s = self._s
         vm = s.inv.get_vm(vm_id)
@@ -287,7 +303,7 @@ class SimulatedBackend:
         if dest is None:
             raise NotFound(f"no host with id {request.destination_host_id}",
                            code="host_not_found")
-        fault = self._take_fault("migrate", vm, dest.id)
+        fault = self._take_fault("migrate", vm, dest.id, dry_run=dry_run)
         self._require_host(vm.host_id)
         if vm.migration_id is not None:
             raise Conflict(f"VM {vm.name} is already migrating ({vm.migration_id})",
@@ -302,6 +318,8 @@ class SimulatedBackend:
         if vm.status == "pmsuspended":
             raise Conflict("domain is PM-suspended", code="vm_pmsuspended")
         t = self.now()
+        if dry_run:
+            return dry_run_job(vm, request, t)
         guest = s.guests[vm.id]
         total = vm.memory_mib * MIB
         if request.live:
@@ -311,10 +329,11 @@ class SimulatedBackend:
         elif request.copy_storage == "inc":
             total += guest.spec.disk_gib * GIB // 10
         seq = next(s.seq)
+        bandwidth, setup = s.links.get((vm.host_id, dest.id), (None, None))
         job = _Job(
             id=f"{s.rng.getrandbits(48):012x}", seq=seq, vm_id=vm.id,
             source_host_id=vm.host_id, request=request, status="initiated", created_at=t,
-            total_bytes=total, bandwidth=self.bandwidth, prior_status=vm.status,
+            total_bytes=total, bandwidth=bandwidth or self.bandwidth, prior_status=vm.status,
         )
         if fault is not None:
             job.fail_fraction = min(max(fault.at_percent, 0.0), 99.0) / 100.0
@@ -323,7 +342,8 @@ class SimulatedBackend:
         # A non-live migration pauses the guest while its memory is copied.
         status: VmStatus = "paused" if not request.live else vm.status
         self._put_vm(replace(vm, migration_id=job.id, status=status), t)
-        self._at(t + self.setup_seconds, lambda when: self._run_job(job, when))
+        self._at(t + (self.setup_seconds if setup is None else setup),
+                 lambda when: self._run_job(job, when))
         return job.snapshot(t)
 
     async def cancel_migration(self, migration_id: str) -> Migration:
@@ -399,7 +419,7 @@ class SimulatedBackend:
         members: dict[str, set[str]] = {h.id: set() for h in sc.hosts}
         for v in sc.vms:
             vm = Vm(v.id, v.name, v.host_id, v.status, v.vcpus, v.memory_mib,  # type: ignore[arg-type]
-                    v.persistent)
+                    v.persistent, v.also_defined_on)
             inv.vms[vm.id] = vm  # indexed in bulk below: put_vm per VM would bump cursors
             salt = int(v.id.replace("-", "")[:16], 16) ^ sc.seed
             guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
@@ -408,7 +428,36 @@ class SimulatedBackend:
         jobs: JobTable[_Job] = JobTable(snapshot=lambda job: job.snapshot(self.clock.now()))
         # Job ids come from the seed and the reset count: repeatable, never reused.
         rng = random.Random(sc.seed + self._generation * 0x9E3779B97F4A7C15)
-        return _State(inv, guests, host_history, members, jobs, [], rng, itertools.count(1))
+        seq = itertools.count(1)
+        self._remembered_jobs(sc, jobs, seq, t)
+        links = {(ln.source, ln.destination): (ln.bandwidth_bytes_per_s, ln.setup_seconds)
+                 for ln in sc.links}
+        return _State(inv, guests, host_history, members, jobs, [], rng, seq, links)
+
+    @staticmethod
+    def _remembered_jobs(sc: scenarios.Scenario, jobs: JobTable[_Job], seq: itertools.count,
+                         t: float) -> None:
+        """The scenario's finished jobs, laid back to back (a minute apart) before ``t``.
+
+        Only their order and durations are data: absolute times would date the file.
+        """
+        end = t - 60.0
+        placed: list[_Job] = []
+        for j in reversed(sc.migrations):
+            started = end - j.copy_seconds
+            created = started - j.setup_seconds
+            request = MigrationRequest(j.destination, j.live, j.persistent, j.undefine_source,
+                                       j.copy_storage)  # type: ignore[arg-type]
+            job = _Job(id=j.id, seq=0, vm_id=j.vm_id, source_host_id=j.source, request=request,
+                       status=j.status, created_at=created,  # type: ignore[arg-type]
+                       total_bytes=j.data_total_bytes, bandwidth=0.0, prior_status="running",
+                       started_at=started, finished_at=end, error=j.error)
+            job.processed_bytes = j.data_processed_bytes
+            placed.append(job)
+            end = created - 60.0
+        for job in reversed(placed):
+            job.seq = next(seq)
+            jobs.add(job, job.seq)
 
     def _settle(self) -> None:
         """Apply every scheduled event that is due, in time order, each at its own time."""
@@ -429,12 +478,15 @@ class SimulatedBackend:
         if host.status != "connected":
             raise Unavailable(f"host {host.hostname} is disconnected", code="host_disconnected")
 
-    def _take_fault(self, operation: str, vm: Vm, destination: str | None = None) -> Fault | None:
+    def _take_fault(self, operation: str, vm: Vm, destination: str | None = None,
+                    dry_run: bool = False) -> Fault | None:
+        """The armed fault this call meets, used up by it (a dry run meets it, uses nothing)."""
         for fault in self.faults:
             if fault.matches(operation, vm, destination):
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    self.faults.remove(fault)
+                if not dry_run:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self.faults.remove(fault)
                 if fault.mode == "reject":
                     err: BackendError
                     if fault.status == 409:
@@ -553,6 +605,9 @@ class SimulatedBackend:
         vm = self._s.inv.vms.get(vm_id)
         mem_mib = vm.memory_mib if vm is not None else 0
         migrating = any(c.covers(t) for c in guest.copies)
+        if guest.spec.behaviour is not None:
+            return metrics.fitted_point(guest.salt, guest.spec.behaviour, mem_mib, t, status,
+                                        since, booted, migrating), host_id
         return metrics.vm_point(guest.salt, guest.spec.load, mem_mib, t, status, since, booted,
                                 migrating), host_id
 

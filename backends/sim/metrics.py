@@ -17,6 +17,14 @@ draws the same chart; nothing is stored per sample. Realism comes from:
 
 States are honoured exactly: no CPU, disk or network when shut off, memory only
 when paused or PM-suspended; the callers leave gaps while a host is unreachable.
+
+**Fitted behaviour** (:class:`Behaviour`, written by ``cockpit-api snapshot``)
+replaces the shape above with one made of a daily cosine and a few faster
+harmonics of the day, so that a chart's statistics are exactly the fitted ones
+over any whole day of samples: the mean is the fitted mean, the first daily
+harmonic gives back the amplitude and peak hour, and what is left has the fitted
+noise. That is what makes snapshot -> serve -> snapshot a fixed point. Without a
+``Behaviour`` every sample is what it always was.
 """
 
 from __future__ import annotations
@@ -77,6 +85,86 @@ def smooth(salt: int, t: float, octaves: tuple[tuple[int, float], ...] = _OCTAVE
 def daily(t: float) -> float:
     """0.6 at 02:00 UTC to 1.4 at 14:00 UTC, mean 1: how busy people make a machine."""
     return 1.0 + 0.4 * math.cos(2.0 * math.pi * ((t - _PEAK) % _DAY) / _DAY)
+
+
+# Harmonics of the day for fitted noise: none is 1 or 2 apart from another, nor below 4,
+# so their products with the daily cosine (and with each other) never land on the mean
+# or the first daily harmonic, which a fit reads back.
+_HARMONICS = (5, 17, 53, 151)
+_H_AMP = math.sqrt(2.0 / len(_HARMONICS))  # each harmonic's amplitude: unit mean square
+NOISE_BOUND = len(_HARMONICS) * _H_AMP  # |unit noise| never exceeds this
+IO_NOISE = 0.3  # disk and network wander by this share (times the unit noise)
+MEM_NOISE = 0.05
+# Today's model's mean rates at 100 % CPU (bytes/s): a fitted VM without rates uses these.
+IO_PER_CPU = (4e6, 2e6, 8e6, 5e6)
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """A VM's fitted chart: means and daily shape while it runs (see the module docstring).
+
+    ``cpu`` is the mean CPU percent; ``amplitude`` the daily swing as a share of it,
+    peaking at ``peak_hour`` UTC; ``noise`` the root mean square of the rest, as a share
+    of the daily level; ``memory_share`` the mean share of its memory in use; the four
+    rates are mean bytes per second.
+    """
+
+    cpu: float
+    amplitude: float = 0.4
+    peak_hour: float = 14.0
+    noise: float = 0.2
+    memory_share: float = 0.5
+    disk_read_bps: float | None = None
+    disk_write_bps: float | None = None
+    net_rx_bps: float | None = None
+    net_tx_bps: float | None = None
+
+    def rates(self) -> tuple[float, float, float, float]:
+        own = (self.disk_read_bps, self.disk_write_bps, self.net_rx_bps, self.net_tx_bps)
+        return tuple(  # type: ignore[return-value]
+            r if r is not None else k * self.cpu / 100.0
+            for r, k in zip(own, IO_PER_CPU, strict=True))
+
+
+def unit_noise(salt: int, t: float, harmonics: tuple[int, ...] = _HARMONICS) -> float:
+    """Zero mean, unit mean square over any whole day of evenly spaced samples."""
+    total = 0.0
+    for k in harmonics:
+        phase = 2.0 * math.pi * noise(salt + 101 + k, 0)
+        total += math.cos(2.0 * math.pi * k * (t % _DAY) / _DAY + phase)
+    return _H_AMP * total
+
+
+def _fitted_daily(b: Behaviour, t: float) -> float:
+    return 1.0 + b.amplitude * math.cos(2.0 * math.pi * ((t - b.peak_hour * 3600) % _DAY) / _DAY)
+
+
+def fitted_point(salt: int, b: Behaviour, mem_mib: int, t: int, status: str, since: float,
+                 booted: bool, migrating: bool) -> MetricPoint:
+    """:func:`vm_point` for a VM with fitted behaviour (same states, same events)."""
+    if status in HOLDING:
+        return MetricPoint(t, 0.0, _fitted_memory(salt, b, mem_mib, since, None),
+                           0.0, 0.0, 0.0, 0.0)
+    if status not in RUNNING:
+        return MetricPoint(t, 0.0, 0, 0.0, 0.0, 0.0, 0.0)
+    day = _fitted_daily(b, t)
+    cpu = b.cpu * day * (1.0 + b.noise * unit_noise(salt, t))
+    up = t - since if booted else math.inf
+    if up < _BOOT_SECONDS:
+        cpu += 60.0 * (1.0 - up / _BOOT_SECONDS)
+    if migrating:
+        cpu += 8.0 + 10.0 * b.cpu / 100.0
+    cpu = round(min(100.0, max(0.0, cpu)), 2)
+    io = day * (1.0 + IO_NOISE * unit_noise(salt + 11, t))
+    rates = [_r(r * io) for r in b.rates()]
+    return MetricPoint(t, cpu, _fitted_memory(salt, b, mem_mib, t, up), *rates)
+
+
+def _fitted_memory(salt: int, b: Behaviour, mem_mib: int, t: float, up: float | None) -> int:
+    share = b.memory_share * (1.0 + MEM_NOISE * unit_noise(salt + 23, t, _HARMONICS[:2]))
+    if up is not None and up < _RAMP_SECONDS:
+        share *= 0.3 + 0.7 * up / _RAMP_SECONDS
+    return int(mem_mib * MIB * share)
 
 
 def vm_point(salt: int, load: float, mem_mib: int, t: int, status: str, since: float,

@@ -38,10 +38,13 @@ class _Job:
     fail_fraction: float | None = None
     fail_message: str | None = None
     copy: metrics.Interval | None = None  # while copying: for the metrics
+    processed_bytes: int | None = None  # a remembered job: what it had copied when it ended
 
     def processed(self, t: float) -> int:
         if self.status == "completed":
             return self.total_bytes
+        if self.processed_bytes is not None:
+            return self.processed_bytes
         if self.started_at is None:
             return 0
         end = self.finished_at if self.finished_at is not None else t
@@ -82,3 +85,5 @@ class _State:
     events: list[tuple[float, int, Callable[[float], None]]]
     rng: random.Random
     seq: itertools.count
+    # (source, destination) -> (bandwidth, setup seconds), from the scenario's links
+    links: dict[tuple[str, str], tuple[float | None, float | None]] = field(default_factory=dict)

@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -33,6 +34,18 @@ log = logging.getLogger("cockpit_api.ops.audit")
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PARAM = re.compile(r"\{[^/}]+\}")
+
+
+def is_dry_run(query_string: bytes) -> bool:
+    """Did the request ask for ``dry_run=true``? (Connexion's boolean: true, any case.)
+
+    Read from the raw query because the entry is written whatever the answer, a 400
+    included: a dry run refused by validation is still marked as one.
+    """
+    if b"dry_run" not in query_string:
+        return False
+    values = parse_qs(query_string.decode("latin-1")).get("dry_run", [])
+    return any(v.lower() == "true" for v in values)
 
 
 class OperationIndex:
@@ -141,7 +154,8 @@ class Auditor:
         entry = AuditEntry(at=self._clock(), operation=operation, method=scope["method"],
                            path=path, status=status,
                            actor=None if actor is None else str(actor)[:255], role=role,
-                           address=client[0] if client else None, request_id=request_id)
+                           address=client[0] if client else None, request_id=request_id,
+                           dry_run=is_dry_run(scope.get("query_string", b"")))
         try:
             await asyncio.to_thread(services.auth.store.audit_append, entry)
         except Exception:

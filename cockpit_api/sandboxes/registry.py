@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cockpit_api.auth.service import User, hash_password
 from cockpit_api.backends.base import Conflict, DemoUser, InvalidArgument, NotFound
 from cockpit_api.backends.sim import scenario as scenarios
@@ -225,7 +223,7 @@ class SandboxRegistry:
             path = scenarios.SCENARIO_DIR / "\0"  # never a file
         if not path.is_file():
             raise NotFound(f"no scenario named {name}", code="scenario_not_found")
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = scenarios.read_data(path)  # a large snapshot reads as JSON lines, in seconds
         if not isinstance(data, dict):
             raise InvalidArgument(f"scenario {name} is not a mapping", code="bad_scenario")
         return data

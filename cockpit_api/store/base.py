@@ -35,7 +35,7 @@ key/value
     is first-writer-wins across replicas.
 audit entry
     One write request: who, when, what (operationId, method, path), from which
-    address, the answer's status and the request id.
+    address, the answer's status and the request id; whether it was a dry run.
 
 How a backend uses it (the libvirt backend: jobs, adoption, host ids). ``create_app``
 opens the store before it builds the backend and keeps it as ``Services.store``
@@ -128,6 +128,7 @@ class AuditEntry:
     role: str | None = None
     address: str | None = None
     request_id: str | None = None
+    dry_run: bool = False  # the request asked for dry_run=true: checked, nothing changed
     id: int | None = None  # assigned by the store, increasing
 
 

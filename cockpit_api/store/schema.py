@@ -82,4 +82,5 @@ audit = sa.Table(
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("dry_run", sa.Boolean, nullable=False, server_default=sa.false()),
 )

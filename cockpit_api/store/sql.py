@@ -541,7 +541,7 @@ class SqlStore:
             new_id: int = conn.execute(audit.insert().values(
                 at=e.at, actor=e.actor, role=e.role, address=e.address, operation=e.operation,
                 method=e.method, path=e.path[:2000], status=e.status,
-                request_id=e.request_id).returning(audit.c.id)).scalar_one()
+                request_id=e.request_id, dry_run=e.dry_run).returning(audit.c.id)).scalar_one()
         return new_id
 
     @_unavailable
@@ -558,4 +558,5 @@ class SqlStore:
             rows = conn.execute(q).all()
         return [AuditEntry(at=r.at, operation=r.operation, method=r.method, path=r.path,
                            status=r.status, actor=r.actor, role=r.role, address=r.address,
-                           request_id=r.request_id, id=r.id) for r in rows]
+                           request_id=r.request_id, dry_run=bool(r.dry_run), id=r.id)
+                for r in rows]

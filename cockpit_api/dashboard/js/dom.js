@@ -65,3 +65,61 @@ export function badge(kind, text = kind) {
 export function mib(v) {
     return v >= 1024 ? `${(v / 1024).toFixed(v % 1024 ? 1 : 0)} GiB` : `${v} MiB`;
 }
+/** Put `fresh` where `old` is; keyboard focus inside `old` moves to the same `data-key`. */
+export function swap(old, fresh) {
+    const active = document.activeElement;
+    const key = active && old.contains(active) ? active.dataset.key : undefined;
+    old.replaceWith(fresh);
+    if (key)
+        fresh.querySelector(`[data-key="${CSS.escape(key)}"]`)?.focus();
+}
+/**
+ * A container's children kept in step with a list, one element per key. An item whose
+ * signature is what it was keeps its element untouched: a press held on one of its
+ * buttons survives any number of updates to the others (rebuilding the whole list on
+ * every event loses such clicks: the press lands on one button, the release on its copy).
+ * A changed item is rebuilt alone, in place.
+ */
+export class Keyed {
+    constructor(container, key, signature, build) {
+        this.container = container;
+        this.key = key;
+        this.signature = signature;
+        this.build = build;
+        this.kept = new Map();
+    }
+    update(items) {
+        const keys = new Set(items.map(this.key));
+        for (const [k, entry] of this.kept) {
+            if (!keys.has(k)) {
+                entry.el.remove();
+                this.kept.delete(k);
+            }
+        }
+        let cursor = this.container.firstChild;
+        for (const item of items) {
+            const k = this.key(item);
+            const sig = this.signature(item);
+            let entry = this.kept.get(k);
+            if (!entry || entry.sig !== sig) {
+                const el = this.build(item);
+                if (entry?.el.parentNode === this.container) {
+                    if (cursor === entry.el)
+                        cursor = el;
+                    swap(entry.el, el);
+                }
+                entry = { el, sig };
+                this.kept.set(k, entry);
+            }
+            // Moved only when out of place: an unchanged order moves nothing.
+            if (entry.el === cursor)
+                cursor = cursor.nextSibling;
+            else
+                this.container.insertBefore(entry.el, cursor);
+        }
+    }
+    /** The element kept for a key (for what is updated in place, like a progress bar). */
+    get(key) {
+        return this.kept.get(key)?.el;
+    }
+}

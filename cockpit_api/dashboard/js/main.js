@@ -3,7 +3,7 @@
 // our own calls), then drawn by `render`; the simulator panel lives in sim.ts.
 import { Api } from "./api.js";
 import { Charts } from "./charts.js";
-import { announce, badge, clearErrors, h, mib, regions, replace, showError } from "./dom.js";
+import { announce, badge, clearErrors, h, Keyed, mib, regions, replace, showError } from "./dom.js";
 import { ChangeFeed } from "./feed.js";
 import { SimPanel } from "./sim.js";
 const ACTIONS = {
@@ -20,12 +20,17 @@ const LABELS = {
     start: "Start", stop: "Shut down", "force-stop": "Force off", restart: "Restart",
     suspend: "Pause", resume: "Resume",
 };
+const PENDING = {
+    start: "Starting…", stop: "Shutting down…", "force-stop": "Forcing off…", restart: "Restarting…",
+    suspend: "Pausing…", resume: "Resuming…", migrate: "Migrating…", cancel: "Cancelling…",
+};
 const FINISHED = new Set(["completed", "failed", "cancelled"]);
 const WINDOWS = [[900, "15 minutes"], [3600, "1 hour"], [6 * 3600, "6 hours"], [86400, "24 hours"]];
 const STEPS = [[0, "auto"], [10, "10 s"], [60, "1 min"], [300, "5 min"], [900, "15 min"]];
 class Dashboard {
-    constructor(config, prefix) {
+    constructor(config, prefix, sandbox) {
         this.config = config;
+        this.sandbox = sandbox;
         this.hosts = new Map();
         this.vms = new Map();
         this.migrations = new Map();
@@ -37,7 +42,14 @@ class Dashboard {
         this.renderQueued = false;
         this.truncated = false;
         this.hostFilter = "";
-        this.drawn = "";
+        this.drawnHosts = "";
+        // Rows and job items are kept and updated in place (dom.ts Keyed), never redrawn whole.
+        this.vmTable = null;
+        this.jobItems = null;
+        // VM id → the call made on it and not yet answered: its buttons wait, and say so.
+        this.pending = new Map();
+        // VM id → its newest migration job (a failed one is shown on the VM's row).
+        this.latestJob = new Map();
         // Names of every VM seen, for jobs whose VM is not in the current view.
         this.names = new Map();
         this.sim = null;
@@ -102,7 +114,7 @@ class Dashboard {
         replace(this.app, main);
         this.sim?.stop();
         if (this.config.simulator && this.admin) {
-            this.sim = new SimPanel(this.api, document.getElementById("sim-body"), () => this.relist(), (host) => this.apply({ type: "host", data: host }), () => [...this.hosts.values()], () => [...this.vms.values()]);
+            this.sim = new SimPanel(this.api, document.getElementById("sim-body"), (replaced) => this.relist(replaced), (host) => this.apply({ type: "host", data: host }), () => [...this.hosts.values()], () => [...this.vms.values()], this.sandbox);
         }
         else {
             this.sim = null;
@@ -160,14 +172,27 @@ class Dashboard {
         this.truncated = page.next_cursor !== null;
         return new Map(page.vms.map((v) => [v.id, v]));
     }
-    /** Everything again: at start, after a reset, after a scenario change. */
-    async relist() {
+    /**
+     * Everything again: at start, after a reset, after a scenario change. `replaced`: the
+     * world was replaced from this page (a scenario, a reset), so nothing chosen in the old
+     * one is kept: no host selected, no filter, no charts.
+     */
+    async relist(replaced = false) {
+        if (replaced) {
+            this.selected = "all";
+            this.hostFilter = "";
+            this.closeCharts();
+        }
         const hosts = await this.listHosts();
         this.feed.position = this.api.feedPosition;
-        const [vms, jobs] = await Promise.all([this.listVms(), this.api.listMigrations({ limit: 1000 })]);
-        this.hosts = hosts;
+        // A selected host that is gone (another client replaced the world) is dropped before
+        // its VMs are asked for: asking would answer 404 and leave the old world on screen.
         if (this.selected !== "all" && !hosts.has(this.selected))
             this.selected = "all";
+        if (this.chartTarget?.kind === "hosts" && !hosts.has(this.chartTarget.id))
+            this.closeCharts();
+        const [vms, jobs] = await Promise.all([this.listVms(), this.api.listMigrations({ limit: 1000 })]);
+        this.hosts = hosts;
         this.vms = vms;
         this.migrations = new Map(jobs.migrations.map((m) => [m.id, m]));
         this.render();
@@ -218,18 +243,23 @@ class Dashboard {
         const list = document.getElementById("host-list");
         if (!list)
             return;
-        // Polls answer the same state most of the time: redraw only what changed.
-        const signature = JSON.stringify([this.selected, this.hostFilter, this.truncated, [...this.hosts.values()],
-            [...this.vms.values()], [...this.migrations.values()]]);
-        if (signature === this.drawn && list.childElementCount)
-            return;
-        this.drawn = signature;
         for (const vm of this.vms.values())
             this.names.set(vm.id, vm.name);
-        this.renderHosts(list);
+        this.latestJob.clear();
+        for (const m of this.migrations.values()) {
+            const seen = this.latestJob.get(m.vm_id);
+            if (!seen || m.created_at > seen.created_at)
+                this.latestJob.set(m.vm_id, m);
+        }
+        // Hosts change seldom (progress events leave them alone): redraw them only on a change.
+        const hosts = JSON.stringify([this.selected, this.hostFilter, [...this.hosts.values()]]);
+        if (hosts !== this.drawnHosts || !list.childElementCount) {
+            this.drawnHosts = hosts;
+            this.renderHosts(list);
+            this.sim?.renderHosts();
+        }
         this.renderVms(document.getElementById("vm-list"));
         this.renderMigrations(document.getElementById("mig-list"));
-        this.sim?.renderHosts();
     }
     hostName(id) {
         return this.hosts.get(id)?.hostname.split(".")[0] ?? id.slice(0, 8);
@@ -242,6 +272,8 @@ class Dashboard {
         const matching = needle ? all.filter((x) => x.hostname.toLowerCase().includes(needle) || x.status === needle) : all;
         const hosts = matching.slice(0, 100);
         let filter = region.parentElement?.querySelector(".host-filter");
+        if (all.length <= 12 && filter)
+            filter.remove();
         if (all.length > 12 && !filter) {
             const input = h("input", { id: "host-filter", type: "search", placeholder: "name or status" });
             input.addEventListener("input", () => { this.hostFilter = input.value; this.render(); });
@@ -265,68 +297,166 @@ class Dashboard {
         title.textContent = this.selected === "all" ? "Virtual machines" : `Virtual machines on ${this.hostName(this.selected)}`;
         const vms = [...this.vms.values()].sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
         if (!vms.length) {
+            this.vmTable = null;
             replace(region, h("p", { class: "note" }, "No VMs here."));
             return;
         }
-        const total = this.selected === "all" ? [...this.hosts.values()].reduce((n, x) => n + x.vm_count, 0)
+        const withHost = this.selected === "all";
+        let view = this.vmTable;
+        if (!view || view.withHost !== withHost || !region.contains(view.table)) {
+            const body = h("tbody");
+            const table = h("table", { class: "vm-table" }, h("caption", { class: "sr-only" }), h("thead", {}, h("tr", {}, ...["Name", "Status", withHost ? "Host" : null, "Size", "Actions"]
+                .map((c) => c && h("th", { scope: "col" }, c)))), body);
+            view = this.vmTable = { withHost, table, note: h("p", { class: "note", id: "vm-truncated" }),
+                rows: new Keyed(body, (vm) => vm.id, (vm) => this.vmSignature(vm), (vm) => this.vmRow(vm)) };
+            replace(region, view.note, table);
+        }
+        view.table.caption.textContent = title.textContent;
+        const total = withHost ? [...this.hosts.values()].reduce((n, x) => n + x.vm_count, 0)
             : this.hosts.get(this.selected)?.vm_count ?? vms.length;
-        replace(region, this.truncated
-            ? h("p", { class: "note", id: "vm-truncated" }, `Showing the first ${vms.length} of ${total.toLocaleString("en")} VMs: choose a host to see all of its VMs.`)
-            : null, h("table", { class: "vm-table" }, h("caption", { class: "sr-only" }, title.textContent), h("thead", {}, h("tr", {}, ...["Name", "Status", this.selected === "all" ? "Host" : null, "Size", "Actions"]
-            .map((c) => c && h("th", { scope: "col" }, c)))), h("tbody", {}, ...vms.map((vm) => this.vmRow(vm)))));
+        view.note.hidden = !this.truncated;
+        view.note.textContent = this.truncated
+            ? `Showing the first ${vms.length} of ${total.toLocaleString("en")} VMs: choose a host to see all of its VMs.` : "";
+        view.rows.update(vms);
+        for (const vm of vms) {
+            const row = vm.migration_id ? view.rows.get(vm.id) : undefined;
+            if (row && vm.migration_id)
+                setProgress(row, this.migrations.get(vm.migration_id));
+        }
+    }
+    /** Everything a VM's row shows but its migration's progress (updated in place). */
+    vmSignature(vm) {
+        const host = this.hosts.get(vm.host_id);
+        const failed = this.failedMigration(vm);
+        // Field by field: the same VM from an answer and from the feed may list its keys in
+        // another order, and must not rebuild its row.
+        return JSON.stringify([vm.id, vm.name, vm.status, vm.host_id, vm.vcpus, vm.memory_mib, vm.migration_id,
+            this.admin, this.selected === "all", this.hostName(vm.host_id), host?.status,
+            this.pending.get(vm.id) ?? null, failed?.id, failed?.error,
+            failed && this.hostName(failed.destination_host_id)]);
+    }
+    /** The VM's newest job, when it failed and nothing has been tried since. */
+    failedMigration(vm) {
+        const job = this.latestJob.get(vm.id);
+        return !vm.migration_id && job?.status === "failed" ? job : undefined;
+    }
+    /** Why nothing can be done to this VM now, or null. */
+    blocked(vm) {
+        const host = this.hosts.get(vm.host_id);
+        return host && host.status !== "connected"
+            ? `${this.hostName(vm.host_id)} is ${host.status}: actions wait until it is back` : null;
+    }
+    /** A VM's button: waits (aria-disabled) while a call on the VM is out or its host is away. */
+    vmButton(vm, what, key, text, label, run, danger = false, blocked = this.blocked(vm)) {
+        const pending = this.pending.get(vm.id);
+        const busy = pending === what;
+        // aria-disabled, not disabled: the button keeps keyboard focus and its reason is read.
+        const off = pending !== undefined || blocked !== null;
+        return h("button", { type: "button", class: danger ? "small danger" : "small", "data-key": key, "data-action": what,
+            "aria-label": busy ? `${PENDING[what]} ${vm.name}` : label,
+            "aria-disabled": off ? "true" : null, "aria-busy": busy ? "true" : null,
+            "aria-describedby": blocked ? `why-${vm.id}` : null,
+            onclick: () => { if (!off)
+                run(); } }, busy ? PENDING[what] : text);
     }
     vmRow(vm) {
         const job = vm.migration_id ? this.migrations.get(vm.migration_id) : undefined;
+        const blocked = this.admin ? this.blocked(vm) : null;
+        const failed = this.failedMigration(vm);
         const cells = [];
+        if (blocked)
+            cells.push(h("span", { class: "row-note", id: `why-${vm.id}` }, blocked));
         if (vm.migration_id) {
             cells.push(this.progress(job, vm.name));
             if (this.admin)
-                cells.push(this.cancelButton(vm.migration_id, vm.name));
+                cells.push(this.cancelButton(vm.migration_id, vm));
         }
         else if (this.admin) {
             for (const a of ACTIONS[vm.status] ?? []) {
-                cells.push(h("button", { type: "button", class: a === "force-stop" ? "small danger" : "small",
-                    "data-key": `act-${vm.id}-${a}`, "data-action": a,
-                    "aria-label": `${LABELS[a]} ${vm.name}`, onclick: () => this.act(vm, a) }, LABELS[a]));
+                cells.push(this.vmButton(vm, a, `act-${vm.id}-${a}`, LABELS[a], `${LABELS[a]} ${vm.name}`, () => this.act(vm, a), a === "force-stop"));
             }
             if (vm.status === "running" || vm.status === "blocked" || vm.status === "paused") {
-                cells.push(h("button", { type: "button", class: "small", "data-key": `mig-${vm.id}`, "data-action": "migrate",
-                    "aria-label": `Migrate ${vm.name}`, onclick: () => this.migrateDialog(vm) }, "Migrate…"));
+                cells.push(this.vmButton(vm, "migrate", `mig-${vm.id}`, "Migrate…", `Migrate ${vm.name}`, () => this.migrateDialog(vm)));
             }
         }
         cells.push(h("button", { type: "button", class: "small", "data-key": `chart-${vm.id}`, "data-action": "charts",
             "aria-label": `Charts of ${vm.name}`, onclick: () => this.showCharts("vms", vm.id) }, "Charts"));
-        return h("tr", { "data-vm": vm.id, "data-status": vm.status, "data-host": vm.host_id }, h("th", { scope: "row", class: "vm-name" }, vm.name), h("td", {}, badge(vm.status)), this.selected === "all" ? h("td", { class: "vm-host" }, this.hostName(vm.host_id)) : null, h("td", { class: "num" }, `${vm.vcpus} vCPU · ${mib(vm.memory_mib)}`), h("td", { class: "actions" }, ...cells));
+        return h("tr", { "data-vm": vm.id, "data-status": vm.status, "data-host": vm.host_id }, h("th", { scope: "row", class: "vm-name" }, vm.name, failed ? h("span", { class: "row-problem", "data-job": failed.id }, `Migration to ${this.hostName(failed.destination_host_id)} failed: ${failed.error ?? "no reason given"}`) : null), h("td", {}, badge(vm.status)), this.selected === "all" ? h("td", { class: "vm-host" }, this.hostName(vm.host_id)) : null, h("td", { class: "num" }, `${vm.vcpus} vCPU · ${mib(vm.memory_mib)}`), h("td", { class: "actions" }, ...cells));
     }
     progress(job, name) {
-        const pct = job ? job.progress.percent : 0;
-        return h("span", { class: "mig-progress" }, h("progress", { max: 100, value: pct.toFixed(1), "aria-label": `Migration of ${name}` }), h("span", { class: "pct" }, `${pct.toFixed(0)} %`));
+        const el = h("span", { class: "mig-progress" }, h("progress", { max: 100, value: 0, "aria-label": `Migration of ${name}` }), h("span", { class: "pct" }, "0 %"));
+        setProgress(el, job);
+        return el;
     }
-    cancelButton(id, name) {
+    cancelButton(id, vm) {
+        const busy = this.pending.get(vm.id) === "cancel";
+        const off = this.pending.has(vm.id);
         return h("button", { type: "button", class: "small danger", "data-key": `cancel-${id}`, "data-action": "cancel",
-            "aria-label": `Cancel the migration of ${name}`,
-            onclick: () => this.api.cancel(id).then((m) => this.apply({ type: "migration", data: m }))
-                .then(() => this.feed.pollOnce())
-                .catch((err) => showError(err, "Cancel")) }, "Cancel");
+            "aria-label": busy ? `Cancelling the migration of ${vm.name}` : `Cancel the migration of ${vm.name}`,
+            "aria-disabled": off ? "true" : null, "aria-busy": busy ? "true" : null,
+            onclick: () => { if (!off)
+                this.cancel(id, vm.id); } }, busy ? PENDING.cancel : "Cancel");
+    }
+    cancel(id, vmId) {
+        if (!this.begin(vmId, "cancel"))
+            return;
+        this.api.cancel(id).then((m) => this.apply({ type: "migration", data: m }))
+            .then(() => this.feed.pollOnce())
+            .catch((err) => showError(err, "Cancel"))
+            .finally(() => this.end(vmId));
+    }
+    /** Mark a call on a VM as out (false: one already is, send nothing). Drawn at once. */
+    begin(vmId, what) {
+        if (this.pending.has(vmId))
+            return false;
+        this.pending.set(vmId, what);
+        this.render();
+        return true;
+    }
+    end(vmId) {
+        this.pending.delete(vmId);
+        this.render();
     }
     renderMigrations(region) {
         const jobs = [...this.migrations.values()].sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, 20);
         if (!jobs.length) {
+            this.jobItems = null;
             replace(region, h("p", { class: "note" }, "No migrations yet."));
             return;
         }
-        replace(region, h("ul", { class: "mig-items" }, ...jobs.map((m) => {
-            const name = this.names.get(m.vm_id) ?? m.vm_id.slice(0, 8);
-            const done = FINISHED.has(m.status);
-            return h("li", { "data-migration": m.id, "data-status": m.status }, h("div", {}, h("strong", {}, name), ` ${this.hostName(m.source_host_id)} → ${this.hostName(m.destination_host_id)} `, badge(m.status)), this.progress(m, name), m.error ? h("p", { class: "mig-error" }, m.error) : null, !done && this.admin ? this.cancelButton(m.id, name) : null);
-        })));
+        if (!this.jobItems || !region.contains(this.jobItems.container)) {
+            const list = h("ul", { class: "mig-items" });
+            this.jobItems = new Keyed(list, (m) => m.id, (m) => this.jobSignature(m), (m) => this.jobItem(m));
+            replace(region, list);
+        }
+        this.jobItems.update(jobs);
+        for (const m of jobs) {
+            const item = this.jobItems.get(m.id);
+            if (item)
+                setProgress(item, m);
+        }
+    }
+    jobName(m) {
+        return this.names.get(m.vm_id) ?? m.vm_id.slice(0, 8);
+    }
+    jobSignature(m) {
+        return JSON.stringify([{ ...m, progress: null }, this.jobName(m), this.hostName(m.source_host_id),
+            this.hostName(m.destination_host_id), this.admin, this.pending.get(m.vm_id) ?? null]);
+    }
+    jobItem(m) {
+        const name = this.jobName(m);
+        const done = FINISHED.has(m.status);
+        return h("li", { "data-migration": m.id, "data-status": m.status }, h("div", {}, h("strong", {}, name), ` ${this.hostName(m.source_host_id)} → ${this.hostName(m.destination_host_id)} `, badge(m.status)), this.progress(m, name), m.error ? h("p", { class: "mig-error" }, m.error) : null, !done && this.admin ? this.cancelButton(m.id, { id: m.vm_id, name }) : null);
     }
     // --- doing ---
     act(vm, a) {
+        if (this.blocked(vm) || !this.begin(vm.id, a))
+            return;
         const request = a === "force-stop" ? { action: "stop", force: true } : { action: a };
         this.api.action(vm.id, request)
             .then((now) => { this.apply({ type: "vm", data: now }); announce(`${vm.name}: ${LABELS[a]} accepted, now ${now.status}`); })
-            .catch((err) => showError(err, `${LABELS[a]} ${vm.name}`));
+            .catch((err) => showError(err, `${LABELS[a]} ${vm.name}`))
+            .finally(() => this.end(vm.id));
     }
     migrateDialog(vm) {
         const targets = [...this.hosts.values()].filter((x) => x.id !== vm.host_id)
@@ -341,7 +471,7 @@ class Dashboard {
         const form = h("form", { method: "dialog" }, h("h2", { id: "mig-dialog-h" }, `Migrate ${vm.name}`), h("p", { class: "muted" }, `from ${this.hostName(vm.host_id)}`), h("label", { for: "mig-dest" }, "Destination host"), dest, h("div", { class: "check" }, live, h("label", { for: "mig-live" }, "Live (keep the VM running)")), h("label", { for: "mig-storage" }, "Copy storage"), storage, h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", value: "go", id: "mig-go" }, "Migrate"), h("button", { type: "submit", value: "cancel", formnovalidate: true }, "Cancel")));
         dialog.append(form);
         dialog.addEventListener("close", () => {
-            if (dialog.returnValue === "go") {
+            if (dialog.returnValue === "go" && this.begin(vm.id, "migrate")) {
                 this.api.migrate(vm.id, { destination_host_id: dest.value, live: live.checked,
                     copy_storage: storage.value })
                     .then((accepted) => this.api.getMigration(accepted.migration_id))
@@ -350,7 +480,8 @@ class Dashboard {
                     this.apply({ type: "vm", data: { ...vm, migration_id: job.id } });
                     announce(`Migrating ${vm.name} to ${this.hostName(job.destination_host_id)}`);
                 })
-                    .catch((err) => showError(err, `Migrate ${vm.name}`));
+                    .catch((err) => showError(err, `Migrate ${vm.name}`))
+                    .finally(() => this.end(vm.id));
             }
             dialog.remove();
             (document.querySelector(`[data-key="mig-${vm.id}"]`) ?? document.body).focus();
@@ -374,7 +505,7 @@ class Dashboard {
         step.addEventListener("change", onChange);
         this.charts?.destroy();
         this.charts = new Charts();
-        replace(body, h("div", { class: "chart-controls" }, h("label", { for: "chart-window" }, "Window"), win, h("label", { for: "chart-step" }, "Step"), step), this.charts.root);
+        replace(body, h("div", { class: "chart-controls" }, h("label", { for: "chart-window" }, "Window"), win, h("label", { for: "chart-step" }, "Step"), step, h("span", { class: "muted" }, "Times in UTC, as the API gives them")), this.charts.root);
         document.getElementById("perf")?.scrollIntoView({ block: "nearest" });
         this.loadCharts();
         window.clearInterval(this.chartTimer);
@@ -386,6 +517,14 @@ class Dashboard {
         this.charts?.destroy();
         this.charts = null;
         this.chartTarget = null;
+    }
+    /** No charts (their host or VM belonged to a world that is gone): the panel's first words. */
+    closeCharts() {
+        if (!this.chartTarget)
+            return;
+        this.stopCharts();
+        document.getElementById("perf-h").textContent = "Performance";
+        replace(document.getElementById("perf-body"), h("p", { class: "note" }, "Choose “Charts” on a host or a VM."));
     }
     loadCharts() {
         const target = this.chartTarget;
@@ -404,6 +543,16 @@ class Dashboard {
             charts.show(series, from); })
             .catch((err) => { window.clearInterval(this.chartTimer); showError(err, "Charts"); });
     }
+}
+/** A migration's bar and percentage, updated in place (progress comes twice a second). */
+function setProgress(el, job) {
+    const pct = job ? job.progress.percent : 0;
+    const bar = el.querySelector("progress");
+    if (bar && bar.value !== pct)
+        bar.value = pct;
+    const text = el.querySelector(".pct");
+    if (text)
+        text.textContent = `${pct.toFixed(0)} %`;
 }
 async function main() {
     let config = { backend: "?", simulator: false, demo_users: [] };
@@ -424,6 +573,6 @@ async function main() {
     document.getElementById("swagger").href = `${prefix}/api/v1/ui/`;
     if (sandbox)
         document.title = `Cockpit dashboard: sandbox ${sandbox}`;
-    await new Dashboard(config, prefix).boot();
+    await new Dashboard(config, prefix, sandbox !== undefined).boot();
 }
 main().catch((err) => showError(err, "Starting the dashboard"));

@@ -2,8 +2,13 @@
 // cockpit_api/control.yaml, plus sandboxes where the server has them.
 import { ApiError } from "./api.js";
 import { announce, badge, h, replace, showError } from "./dom.js";
+// A scenario's name (control.yaml's pattern). Chromium compiles `pattern` with the `v`
+// flag, where a `-` in a class must be escaped: "[A-Za-z0-9_-]" is invalid there, and an
+// invalid pattern checks nothing (any name reached the server).
+const SCENARIO_NAME = "[A-Za-z0-9_\\-]{1,64}";
 export class SimPanel {
-    constructor(api, root, relist, hostChanged, hosts, vms) {
+    /** `relist(true)`: the world was replaced (a scenario, a reset); `inSandbox`: this page is a sandbox's. */
+    constructor(api, root, relist, hostChanged, hosts, vms, inSandbox) {
         this.api = api;
         this.relist = relist;
         this.hostChanged = hostChanged;
@@ -13,11 +18,20 @@ export class SimPanel {
         this.sandboxNote = "";
         this.sandboxMax = 0;
         this.speedInput = null;
+        this.drawnHosts = "";
         this.stateBox = h("dl", { class: "sim-state", "aria-live": "off" });
         this.hostBox = h("div", { class: "sim-hosts" });
         this.sandboxBox = h("div", { class: "sim-sandboxes" });
         replace(root, this.stateBox, this.group("Scenario", this.scenarioForm()), this.group("Clock", this.clockForm()), this.group("Latency", this.latencyForm()), this.group("Hosts", this.hostBox), this.group("Fault", this.faultForm()), this.group("Sandboxes", this.sandboxBox));
-        this.loadSandboxes().catch(() => undefined);
+        if (inSandbox) {
+            // Sandboxes are made from the default world only (its control plane answers 403
+            // inside one): say so without asking.
+            this.sandboxNote = "Sandboxes are made from the default world's dashboard.";
+            this.renderSandboxes();
+        }
+        else {
+            this.loadSandboxes().catch(() => undefined);
+        }
         // The clock moves by itself (speed > 0) and the change feed does not carry it: look again.
         this.timer = window.setInterval(() => { this.refresh().catch(() => undefined); }, 2000);
     }
@@ -27,13 +41,14 @@ export class SimPanel {
     group(title, body) {
         return h("fieldset", { class: "sim-group" }, h("legend", {}, title), body);
     }
-    run(what, call, thenRelist = false) {
+    /** `then`: what the call changed, to list again ("world": all of it was replaced). */
+    run(what, call, then = "none") {
         call()
             .then((res) => {
             if (res && typeof res === "object" && "now" in res)
                 this.showState(res);
             announce(`${what}: done`);
-            return thenRelist ? this.relist() : undefined;
+            return then === "none" ? undefined : this.relist(then === "world");
         })
             .catch((err) => showError(err, what));
     }
@@ -56,12 +71,12 @@ export class SimPanel {
     }
     scenarioForm() {
         const name = h("input", { id: "sim-scenario", list: "sim-scenarios", value: "default", required: true,
-            pattern: "[A-Za-z0-9_-]{1,64}" });
+            pattern: SCENARIO_NAME, title: "letters, digits, _ and -, at most 64" });
         const form = h("form", { class: "row" }, h("label", { for: "sim-scenario" }, "Name"), name, h("datalist", { id: "sim-scenarios" }, h("option", { value: "default" }), h("option", { value: "large" })), h("button", { type: "submit" }, "Load"), h("button", { type: "button", id: "sim-reset",
-            onclick: () => this.run("Reset", () => this.api.simReset(), true) }, "Reset"));
+            onclick: () => this.run("Reset", () => this.api.simReset(), "world") }, "Reset"));
         form.addEventListener("submit", (ev) => {
             ev.preventDefault();
-            this.run(`Load scenario ${name.value}`, () => this.api.simScenario(name.value), true);
+            this.run(`Load scenario ${name.value}`, () => this.api.simScenario(name.value), "world");
         });
         return form;
     }
@@ -95,12 +110,17 @@ export class SimPanel {
     }
     renderHosts() {
         const hosts = this.hosts().sort((a, b) => a.hostname.localeCompare(b.hostname));
+        // Redrawn only when a host changed: a press on a button here survives other events.
+        const drawn = JSON.stringify(hosts.map((x) => [x.id, x.hostname, x.status]));
+        if (drawn === this.drawnHosts)
+            return;
+        this.drawnHosts = drawn;
         replace(this.hostBox, h("ul", { class: "sim-host-items" }, ...hosts.map((x) => {
             const up = x.status === "connected";
             const what = up ? "disconnect" : "reconnect";
             return h("li", {}, h("span", {}, x.hostname.split(".")[0], " ", badge(x.status)), h("button", { type: "button", class: up ? "small danger" : "small", "data-key": `sim-${what}-${x.id}`,
                 "data-sim-host": x.id, "aria-label": `${up ? "Disconnect" : "Reconnect"} ${x.hostname}`,
-                onclick: () => this.run(`${up ? "Disconnect" : "Reconnect"} ${x.hostname}`, () => this.api.simHost(x.id, what).then((host) => { this.hostChanged(host); return null; }), true) }, up ? "Disconnect" : "Reconnect"));
+                onclick: () => this.run(`${up ? "Disconnect" : "Reconnect"} ${x.hostname}`, () => this.api.simHost(x.id, what).then((host) => { this.hostChanged(host); return null; }), "hosts") }, up ? "Disconnect" : "Reconnect"));
         })));
     }
     faultForm() {
@@ -155,7 +175,7 @@ export class SimPanel {
             return;
         }
         const scenario = h("input", { id: "sandbox-scenario", value: "default", list: "sim-scenarios",
-            pattern: "[A-Za-z0-9_-]{1,64}", required: true });
+            pattern: SCENARIO_NAME, title: "letters, digits, _ and -, at most 64", required: true });
         const speed = h("input", { id: "sandbox-speed", type: "number", min: 0, max: 10000, step: "any", value: "1" });
         const label = h("input", { id: "sandbox-label", maxlength: 200, placeholder: "optional" });
         const form = h("form", { class: "grid2" }, h("label", { for: "sandbox-scenario" }, "Scenario"), scenario, h("label", { for: "sandbox-speed" }, "Speed"), speed, h("label", { for: "sandbox-label" }, "Label"), label, h("div", { class: "buttons" }, h("button", { type: "submit", id: "sandbox-new" }, "New sandbox")));
