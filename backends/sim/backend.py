@@ -53,7 +53,14 @@ from cockpit_api.backends.inventory import Inventory, JobTable, ResetObserver
 from cockpit_api.backends.sim import metrics
 from cockpit_api.backends.sim import scenario as scenarios
 from cockpit_api.backends.sim.clock import VirtualClock
-from cockpit_api.backends.sim.state import _Guest, _Job, _State
+from cockpit_api.backends.sim.state import (
+    _at_time,
+    _Guest,
+    _index_at,
+    _Job,
+    _remembered_jobs,
+    _State,
+)
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -429,35 +436,10 @@ class SimulatedBackend:
         # Job ids come from the seed and the reset count: repeatable, never reused.
         rng = random.Random(sc.seed + self._generation * 0x9E3779B97F4A7C15)
         seq = itertools.count(1)
-        self._remembered_jobs(sc, jobs, seq, t)
+        _remembered_jobs(sc, jobs, seq, t)
         links = {(ln.source, ln.destination): (ln.bandwidth_bytes_per_s, ln.setup_seconds)
                  for ln in sc.links}
         return _State(inv, guests, host_history, members, jobs, [], rng, seq, links)
-
-    @staticmethod
-    def _remembered_jobs(sc: scenarios.Scenario, jobs: JobTable[_Job], seq: itertools.count,
-                         t: float) -> None:
-        """The scenario's finished jobs, laid back to back (a minute apart) before ``t``.
-
-        Only their order and durations are data: absolute times would date the file.
-        """
-        end = t - 60.0
-        placed: list[_Job] = []
-        for j in reversed(sc.migrations):
-            started = end - j.copy_seconds
-            created = started - j.setup_seconds
-            request = MigrationRequest(j.destination, j.live, j.persistent, j.undefine_source,
-                                       j.copy_storage)  # type: ignore[arg-type]
-            job = _Job(id=j.id, seq=0, vm_id=j.vm_id, source_host_id=j.source, request=request,
-                       status=j.status, created_at=created,  # type: ignore[arg-type]
-                       total_bytes=j.data_total_bytes, bandwidth=0.0, prior_status="running",
-                       started_at=started, finished_at=end, error=j.error)
-            job.processed_bytes = j.data_processed_bytes
-            placed.append(job)
-            end = created - 60.0
-        for job in reversed(placed):
-            job.seq = next(seq)
-            jobs.add(job, job.seq)
 
     def _settle(self) -> None:
         """Apply every scheduled event that is due, in time order, each at its own time."""
@@ -610,25 +592,6 @@ class SimulatedBackend:
                                         since, booted, migrating), host_id
         return metrics.vm_point(guest.salt, guest.spec.load, mem_mib, t, status, since, booted,
                                 migrating), host_id
-
-
-def _index_at(history: list[Any], t: float) -> int:
-    """The index of the (time, values...) entry in force at ``t`` (0 before the first)."""
-    lo, hi = 0, len(history)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if history[mid][0] <= t:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1 if lo else 0
-
-
-def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[str, ...]:
-    """The entry of a (time, values...) history in force at time ``t``."""
-    if not history:
-        return default
-    return tuple(history[_index_at(history, t)][1:])
 
 
 def _r(x: float) -> float:

@@ -1,5 +1,6 @@
 """What a simulated world holds between calls: its jobs, guests and the rest that a reset
-throws away (the bandwidth model of a migration's progress is :class:`_Job`'s)."""
+throws away (the bandwidth model of a migration's progress is :class:`_Job`'s), the jobs a
+scenario remembers, and lookups in a (time, values...) history."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cockpit_api.backends.base import (
     Migration,
@@ -87,3 +89,47 @@ class _State:
     seq: itertools.count
     # (source, destination) -> (bandwidth, setup seconds), from the scenario's links
     links: dict[tuple[str, str], tuple[float | None, float | None]] = field(default_factory=dict)
+
+
+def _remembered_jobs(sc: scenarios.Scenario, jobs: JobTable[_Job], seq: itertools.count,
+                     t: float) -> None:
+    """The scenario's finished jobs, laid back to back (a minute apart) before ``t``.
+
+    Only their order and durations are data: absolute times would date the file.
+    """
+    end = t - 60.0
+    placed: list[_Job] = []
+    for j in reversed(sc.migrations):
+        started = end - j.copy_seconds
+        created = started - j.setup_seconds
+        request = MigrationRequest(j.destination, j.live, j.persistent, j.undefine_source,
+                                   j.copy_storage)  # type: ignore[arg-type]
+        job = _Job(id=j.id, seq=0, vm_id=j.vm_id, source_host_id=j.source, request=request,
+                   status=j.status, created_at=created,  # type: ignore[arg-type]
+                   total_bytes=j.data_total_bytes, bandwidth=0.0, prior_status="running",
+                   started_at=started, finished_at=end, error=j.error)
+        job.processed_bytes = j.data_processed_bytes
+        placed.append(job)
+        end = created - 60.0
+    for job in reversed(placed):
+        job.seq = next(seq)
+        jobs.add(job, job.seq)
+
+
+def _index_at(history: list[Any], t: float) -> int:
+    """The index of the (time, values...) entry in force at ``t`` (0 before the first)."""
+    lo, hi = 0, len(history)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if history[mid][0] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1 if lo else 0
+
+
+def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The entry of a (time, values...) history in force at time ``t``."""
+    if not history:
+        return default
+    return tuple(history[_index_at(history, t)][1:])
