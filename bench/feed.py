@@ -255,7 +255,9 @@ async def in_process(args: argparse.Namespace) -> dict[str, Any]:
     from cockpit_api.feed.changes import feed_of
 
     sim = SimulatedBackend(scenario.load("default"), VirtualClock(time.time(), speed=1.0))
-    app = create_app(Settings(jwt_secret=SECRET), backend=sim)
+    # One user holds every subscriber: past the stream caps (32 per user, 1,000 in all).
+    app = create_app(Settings(jwt_secret=SECRET, max_streams_per_user=100_000,
+                              max_streams=100_000), backend=sim)
     feed = feed_of(sim)
     token = sim and app.services.auth.login("admin", "admin", "bench").token
     arrivals: list[tuple[int, float]] = []
@@ -356,7 +358,12 @@ def main() -> int:
     pin = Pinning.choose(not args.no_pin)
     server_pin, client_pin = pin.server, pin.client
     port = free_port()
-    env = dict(os.environ, COCKPIT_JWT_SECRET=SECRET)
+    # One user holds every subscriber: past the stream caps (32 per user, 1,000 in all).
+    env = dict(os.environ, COCKPIT_JWT_SECRET=SECRET, COCKPIT_MAX_STREAMS_PER_USER="100000",
+               COCKPIT_MAX_STREAMS="100000")
+    # A store of its own: the user's state directory may hold another version's schema.
+    state = tempfile.TemporaryDirectory(prefix="cockpit-feed-state-")
+    env["COCKPIT_STATE_DIR"] = state.name
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed below; a file, never a full pipe
     server = subprocess.Popen(
         [*server_pin, sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port),
@@ -389,6 +396,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+        state.cleanup()
     result["when"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                          "loadavg_after": os.getloadavg(), "pinned": bool(server_pin)}

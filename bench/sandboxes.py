@@ -92,12 +92,15 @@ def _heap(count: int) -> dict[str, float]:
         for _ in range(count):
             await registry.create()
         create_ms = (time.perf_counter() - t) * 1000 / count
+        created = tracemalloc.get_traced_memory()[0]
         for box in registry.all()[1:]:
             box.services.auth.login("admin", "admin", "127.0.0.1")
             await box.services.backend.list_vms(PageRequest(100, None), VmFilter())
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
+        await registry.close()
         return {"kib_per_sandbox": round((after - before) / count / 1024, 1),
+                "kib_per_sandbox_created": round((created - before) / count / 1024, 1),
                 "create_ms_in_process": round(create_ms, 3)}
 
     return asyncio.run(run())
@@ -118,8 +121,10 @@ def main() -> int:
         return 2
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # Its own state directory: never the user's (whose store may be of another version).
+    state = tempfile.TemporaryDirectory(prefix="cockpit-bench-")
     env = dict(os.environ, COCKPIT_JWT_SECRET=SECRET, COCKPIT_SANDBOX_MAX=str(args.count + 1),
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=str(ROOT), COCKPIT_STATE_DIR=state.name)
     proc = subprocess.Popen(
         [*Pinning.choose(True).server, sys.executable, "-m", "cockpit_api.cli", "serve",
          "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True,
@@ -148,6 +153,7 @@ def main() -> int:
                 times.append((time.perf_counter() - t) * 1000)
                 r.raise_for_status()
                 boxes.append(r.json()["base_url"])
+            rss_created = rss_kib(proc.pid) / 1024
             tokens = []
             for box in boxes:
                 h = {"Authorization": f"Bearer {login(box)}"}
@@ -160,12 +166,14 @@ def main() -> int:
                                                args.seconds))
             loads["a sandbox"].append(_wrk(f"{boxes[0]}{PATH}", tokens[0], args.seconds))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        state.cleanup()
 
     heap = _heap(args.count)
     rest = sorted(times[1:]) or times
@@ -174,7 +182,9 @@ def main() -> int:
         "create_ms": {"first": round(times[0], 2), "p50": round(statistics.median(rest), 2),
                       "p99": round(rest[min(len(rest) - 1, int(len(rest) * 0.99))], 2),
                       "max": round(max(rest), 2)},
-        "rss_mib": {"before": round(rss0, 1), "after": round(rss1, 1),
+        "rss_mib": {"before": round(rss0, 1), "created": round(rss_created, 1),
+                    "after": round(rss1, 1),
+                    "per_sandbox_created": round((rss_created - rss0) / args.count, 3),
                     "per_sandbox": round((rss1 - rss0) / args.count, 3)},
         "heap": heap,
         "load": {k: {"rps": round(statistics.median(x["rps"] for x in v)),
@@ -191,8 +201,12 @@ def main() -> int:
         f"| first (parses the scenario) | {c['first']} |", f"| p50 | {c['p50']} |",
         f"| p99 | {c['p99']} |", f"| max | {c['max']} |", "",
         "| memory (server RSS) | MiB |", "|---|---:|",
-        f"| before | {m['before']} |", f"| after {args.count} sandboxes, each logged into "
-        f"and listed | {m['after']} |", f"| per sandbox | {m['per_sandbox']} |",
+        f"| before | {m['before']} |", f"| after {args.count} sandboxes created | "
+        f"{m['created']} |", f"| after each was logged into and listed | {m['after']} |",
+        f"| per sandbox, created | {m['per_sandbox_created']} |",
+        f"| per sandbox, logged into and listed | {m['per_sandbox']} |",
+        f"| per sandbox, Python heap (tracemalloc, in-process, created) | "
+        f"{heap['kib_per_sandbox_created'] / 1024:.3f} |",
         f"| per sandbox, Python heap (tracemalloc, in-process, logged in and listed) | "
         f"{heap['kib_per_sandbox'] / 1024:.3f} |", "",
         f"In-process create (no HTTP): {heap['create_ms_in_process']} ms each.", "",

@@ -30,12 +30,14 @@ from starlette.types import Receive, Scope, Send
 
 from cockpit_api.auth.service import (
     AuthError,
+    HashPool,
+    SharedThrottle,
     User,
     hash_password,
 )
 from cockpit_api.backends.base import Backend, BackendError, PageRequest, Simulator, simulator_of
 from cockpit_api.config import ConfigError, Settings
-from cockpit_api.feed.changes import feed_of
+from cockpit_api.feed.changes import StreamGate, StreamLimits, feed_of
 from cockpit_api.http import problems, web
 from cockpit_api.http.access import AccessMiddleware
 from cockpit_api.http.body_limits import BodyLimits, RequestLimits
@@ -50,6 +52,7 @@ from cockpit_api.state import (
     MISSING_SANDBOX,
     SANDBOX_PREFIX,
     SCOPE_KEY,
+    ReadyCheck,
     Services,
     bearer_info,
 )
@@ -171,12 +174,28 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     settings = settings or Settings()
     store = store if store is not None else open_store(settings.store_url or MEMORY_URL)
     backend = backend or build_backend(settings, store)
+    hasher = HashPool(settings.password_hash_workers)  # scrypt, off the loop, every world
+    # Configured users exist in every world; their attempts count here, in one place.
+    throttle = SharedThrottle(store, frozenset(u.username for u in settings.users))
     services = build_services(settings, backend, _users(settings, backend), clock=auth_clock,
                               metrics=Metrics(backend.info.kind, _version()),
-                              secret=settings.jwt_secret or None, store=store)
+                              secret=settings.jwt_secret or None, store=store,
+                              hasher=hasher, throttle=throttle)
     auth = services.auth
-    services.ready_checks["backend"] = functools.partial(_backend_ready, services)
-    services.ready_checks["store"] = functools.partial(_store_ready, services)
+    services.metrics.source = backend  # /metrics reads the default world, whatever URL asks
+    services.streams = StreamGate(StreamLimits.of(settings), services.metrics)
+
+    def world_checks(world: Services) -> dict[str, ReadyCheck]:
+        """The same checks in every world; a sandbox's also needs the server's store,
+        where its configured users' logins are counted."""
+        checks: dict[str, ReadyCheck] = {
+            "backend": functools.partial(_backend_ready, world),
+            "store": functools.partial(_store_ready, world)}
+        if world is not services:
+            checks["server_store"] = functools.partial(_store_ready, services)
+        return checks
+
+    services.ready_checks.update(world_checks(services))
     if hasattr(store, "observer"):  # SqlStore times its calls for the metrics
         setattr(store, "observer", services.metrics.observe_store)  # noqa: B010
     if hasattr(backend, "call_observer"):  # the libvirt backend times its calls through it
@@ -187,7 +206,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     sim = services.sim
     if sim is not None:  # the simulator: sandboxes are more simulated worlds
         registry = SandboxRegistry(settings, auth_clock, _config_users(settings),
-                                   services.metrics)
+                                   services.metrics, streams=services.streams,
+                                   hasher=hasher, throttle=throttle, ready_checks=world_checks)
         registry.remember(sim.scenario.users, auth.users)
         services.sandboxes = registry
 
@@ -203,6 +223,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             if services.sandboxes is not None:
                 await services.sandboxes.close()
             await auth.stop()
+            hasher.close()
             await backend.close()
             if writer is not None:
                 writer.flush()
@@ -231,7 +252,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         specs[CONTROL_PREFIX] = CONTROL_SPEC
     app.add_middleware(RawSpecs, position=MiddlewarePosition.BEFORE_SWAGGER, specs=specs)
     app.add_api(OPS_SPEC, base_path="", strict_validation=True,
-                validate_responses=settings.validate_responses)
+                validate_responses=settings.validate_responses, validator_map=validator_map())
     web.add_routes(app, backend)
     _precompute_signatures()
     app.add_middleware(

@@ -72,7 +72,12 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
                     log_config=None, access_log=False, lifespan="on", loop="uvloop",
                     http=protocol_with(head_limits), ssl_certfile=settings.tls_cert,
-                    ssl_keyfile=settings.tls_key)
+                    ssl_keyfile=settings.tls_key,
+                    # X-Forwarded-For/-Proto only from configured proxies: uvicorn's default
+                    # believes any local process (127.0.0.1), which could then forge the
+                    # address audit entries and login throttling go by.
+                    proxy_headers=bool(settings.trusted_proxies),
+                    forwarded_allow_ips=settings.trusted_proxies or None)
     finally:
         app.services.auth.store.close()
     return 0

@@ -15,6 +15,7 @@ Example ``cockpit.toml``::
     log_format = "json"            # or "text" (default)
     access_log = true              # one line per request (default off)
     metrics_token = "a long random string"   # /metrics then needs it as a bearer token
+    trusted_proxies = ["10.0.0.5"]  # X-Forwarded-For/-Proto honoured only from these (default none)
 
     [auth]
     jwt_secret = "at least 32 bytes of secret ......"   # optional: else generated, in the store
@@ -23,6 +24,8 @@ Example ``cockpit.toml``::
     max_failures_per_user = 5      # login attempts per (user, address) per window
     max_failures_per_address = 50  # login attempts per address per window
     failure_window = 300           # seconds
+    password_hash_workers = 2      # threads for scrypt (logins, sandboxes' users), off the loop
+    password_hash_cache = 1024     # sandboxes' demo users' hashes kept for reuse (LRU)
 
     [store]
     url = "postgresql://cockpit:PASSWORD@db.example/cockpit"   # default: sqlite in state_dir
@@ -37,6 +40,9 @@ Example ``cockpit.toml``::
     max_headers = 100              # more header fields: 431
     header_timeout = 10.0          # seconds from a request's first byte to its last header
     keepalive_timeout = 5.0        # an idle connection (new, or between requests) is closed
+    max_streams_per_user = 32      # event streams + long polls per user of a world; more: 429
+    max_streams = 1000             # ... in all worlds together
+    stream_fd_headroom = 128       # file descriptors kept free for other clients (RLIMIT_NOFILE)
 
     [sim]
     scenario = "default"           # a name in scenarios/ or a file path
@@ -75,7 +81,9 @@ Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
 ``COCKPIT_CORS_CREDENTIALS`` (a boolean, as above), and one per
 ``[limits]`` setting: ``COCKPIT_MAX_BODY_BYTES``, ``COCKPIT_MAX_JSON_DEPTH``,
 ``COCKPIT_BODY_TIMEOUT``, ``COCKPIT_MAX_HEADER_BYTES``, ``COCKPIT_MAX_HEADERS``,
-``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``. The README's operator
+``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``, ``COCKPIT_MAX_STREAMS_PER_USER``,
+``COCKPIT_MAX_STREAMS``, ``COCKPIT_STREAM_FD_HEADROOM``; ``COCKPIT_TRUSTED_PROXIES``
+(comma-separated). The README's operator
 section has them all in one table.
 
 ``Settings()`` built in code (tests, embedding) has no state directory and an
@@ -134,6 +142,9 @@ class Settings:
     log_format: str = "text"  # or "json": one object per line (cockpit_api/ops/logs.py)
     access_log: bool = False
     metrics_token: str | None = None  # None: /metrics is open (like most exporters)
+    # Addresses (or networks) whose X-Forwarded-For/-Proto are believed; none by default
+    # (uvicorn's own default believes 127.0.0.1, i.e. any local process).
+    trusted_proxies: list[str] = field(default_factory=list)
     jwt_secret: str | None = None
     jwt_issuer: str = "cockpit-api"
     jwt_audience: str = "cockpit-api"
@@ -142,6 +153,8 @@ class Settings:
     max_failures_per_user: int = 5
     max_failures_per_address: int = 50
     failure_window: int = 300
+    password_hash_workers: int = 2  # threads for scrypt; bounds the cores logins take
+    password_hash_cache: int = 1024  # sandbox users' hashes kept (LRU), by (user, password)
     audit_retention_days: int = 90
     state_dir: str | None = None
     store_url: str | None = None
@@ -163,6 +176,9 @@ class Settings:
     max_headers: int = 100
     header_timeout: float = 10.0
     keepalive_timeout: float = 5.0
+    max_streams_per_user: int = 32
+    max_streams: int = 1000
+    stream_fd_headroom: int = 128
     hosts: list[HostConfig] = field(default_factory=list)
     users: list[UserConfig] = field(default_factory=list)
 
@@ -232,7 +248,8 @@ class Settings:
             ("metrics_token", str), ("sandbox_max", int), ("sandbox_ttl", int),
             ("cors_origins", _csv), ("cors_allow_headers", _csv), ("cors_credentials", _boolean),
             ("state_dir", str), ("store_url", str), ("max_failures_per_user", int),
-            ("max_failures_per_address", int),
+            ("max_failures_per_address", int), ("trusted_proxies", _csv),
+            ("max_streams_per_user", int), ("max_streams", int), ("stream_fd_headroom", int),
             *((name, int) for name in _INT_LIMITS),
             *((name, float) for name in _FLOAT_LIMITS))
         for key, conv in conversions:
@@ -264,11 +281,32 @@ class Settings:
         if not 1 <= self.max_json_depth <= 1000:
             # orjson, which checks bodies, stops at 1024 levels on its own.
             raise ConfigError("max_json_depth must be between 1 and 1000")
+        for name in ("max_streams_per_user", "max_streams", "stream_fd_headroom"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
+        if not isinstance(self.trusted_proxies, list) or not all(
+                isinstance(p, str) and _is_address(p) for p in self.trusted_proxies):
+            raise ConfigError("trusted_proxies is a list of IP addresses or networks "
+                              "(e.g. [\"10.0.0.5\", \"10.1.0.0/16\"])")
+        if not 1 <= self.password_hash_workers <= 64 or self.password_hash_cache < 0:
+            raise ConfigError("password_hash_workers must be between 1 and 64, "
+                              "password_hash_cache >= 0")
         if self.sandbox_max < 0 or self.sandbox_ttl <= 0:
             raise ConfigError("sandbox_max must be >= 0 and sandbox_ttl positive")
         if self.cors_credentials and "*" in self.cors_origins:
             # Browsers refuse credentials with a wildcard origin: name the origins.
             raise ConfigError("cors_credentials needs explicit cors_origins, not \"*\"")
+
+
+def _is_address(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _boolean(value: str) -> bool:

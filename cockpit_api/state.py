@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from cockpit_api.auth.service import AuthService
     from cockpit_api.backends.base import Backend
     from cockpit_api.config import Settings
+    from cockpit_api.feed.changes import StreamGate
     from cockpit_api.store import Store
 
 SCOPE_KEY = "cockpit"
@@ -28,6 +29,14 @@ REQUEST_ID_KEY = "cockpit.request_id"
 # problem says so (cockpit_api/http/problems.py) and still goes through CORS.
 SANDBOX_PREFIX = "/sandboxes/"
 MISSING_SANDBOX = "cockpit.missing_sandbox"
+_ID_CHARS = frozenset("0123456789abcdef")
+
+
+def well_formed_id(sid: str) -> bool:
+    """Shaped like a sandbox id (16 lower-case hex digits, as the registry makes them): safe
+    to quote in a problem."""
+    return len(sid) == 16 and set(sid) <= _ID_CHARS
+
 
 # A readiness check answers None when fine, else a short reason; /readyz runs them all.
 ReadyCheck = Callable[[], Awaitable[str | None]]
@@ -47,6 +56,8 @@ class Services:
     sandboxes: SandboxRouter | None = None
     sandbox_id: str | None = None
     store: Store | None = None  # what outlives the process (cockpit_api/store)
+    # Caps on event streams and long polls, shared by every world (cockpit_api/feed/changes.py).
+    streams: StreamGate | None = None
 
     @cached_property
     def sim(self) -> Simulator | None:
@@ -68,6 +79,10 @@ class SandboxRouter(Protocol):
 
     def route(self, path: str) -> tuple[str, Sandboxed | None]: ...
     def all(self) -> Sequence[Sandboxed]: ...
+    def alive(self, sid: str) -> bool: ...
+    def admit_reset(self, sid: str) -> None: ...
+    async def load(self, sid: str, *, name: str | None = None,
+                   data: dict[str, Any] | None = None) -> Simulator: ...
     async def close(self) -> None: ...
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cockpit_api.auth.service import AuthService, AuthSettings, User
+from cockpit_api.auth.service import AuthService, AuthSettings, HashPool, SharedThrottle, User
 from cockpit_api.backends.base import Backend
 from cockpit_api.backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.backends.sim import scenario as scenarios
@@ -39,9 +39,13 @@ def auth_settings(settings: Settings, secret: str | None) -> AuthSettings:
 
 def build_services(settings: Settings, backend: Backend, users: list[User], *,
                    clock: Callable[[], float], metrics: Metrics, secret: str | None,
-                   store: Store | None = None, sandbox_id: str | None = None) -> Services:
-    """A world: ``backend`` and an auth service for ``users`` (``store`` None: in memory)."""
-    auth = AuthService(users, auth_settings(settings, secret), clock=clock, store=store)
+                   store: Store | None = None, sandbox_id: str | None = None,
+                   hasher: HashPool | None = None,
+                   throttle: SharedThrottle | None = None) -> Services:
+    """A world: ``backend`` and an auth service for ``users`` (``store`` None: in memory;
+    ``hasher`` and ``throttle``: the server's, shared by every world)."""
+    auth = AuthService(users, auth_settings(settings, secret), clock=clock, store=store,
+                       hasher=hasher, throttle=throttle)
     return Services(backend, auth, settings, metrics, store=store, sandbox_id=sandbox_id)
 
 

@@ -32,9 +32,14 @@ async def prometheus_metrics() -> Response:
     svc = services()
     token = svc.settings.metrics_token
     if token:
-        sent = request.headers.get("authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        # RFC 7235: the scheme name is case-insensitive ("bearer" as well as "Bearer").
+        scheme, _, sent = request.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(),
+                                                                 token.encode()):
             raise AuthError("this server's metrics need its metrics token as a bearer token")
-    await svc.metrics.refresh(svc.backend)
+    # The default world's hosts and jobs, even when asked under /sandboxes/{id}/metrics.
+    await svc.metrics.refresh(svc.metrics.source or svc.backend)
+    if svc.sandboxes is not None:
+        svc.metrics.sandboxes.set(len(svc.sandboxes.all()))  # all(): expired ones swept
     return Response(generate_latest(svc.metrics.registry), 200,
                     {"Cache-Control": "no-store"}, media_type=CONTENT_TYPE_LATEST)

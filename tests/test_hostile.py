@@ -208,11 +208,10 @@ def test_the_body_limit_is_a_setting(sim: object, tmp_path: Path) -> None:
     from cockpit_api.config import Settings
     from tests.conftest import SECRET
 
-    # Its own state dir: the default one (~/.local/state) is the developer's, and may hold a
-    # store of another revision.
+    # Its own state directory: without one, Settings.load opens the store in $HOME.
     settings = Settings.load(env={"COCKPIT_MAX_BODY_BYTES": "64", "COCKPIT_JWT_SECRET": SECRET,
                                   "COCKPIT_MAX_JSON_DEPTH": "2",
-                                  "COCKPIT_STATE_DIR": str(tmp_path / "state")})
+                                  "COCKPIT_STATE_DIR": str(tmp_path)})
     with TestClient(create_app(settings, backend=sim)) as c:  # type: ignore[arg-type]
         assert c.post(f"{API}/auth/login", content=LOGIN, headers=JSON).status_code == 200
         r = c.post(f"{API}/auth/login", content=LOGIN + b" " * 64, headers=JSON)

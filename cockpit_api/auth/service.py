@@ -16,7 +16,12 @@ whole session is revoked (OAuth 2.0 security BCP). Spent tokens are not kept.
 Throttling (OWASP): every attempt is counted in the store *before* the password
 is checked, atomically, per (user, address) and per address. A user's failures
 from one address never block that user elsewhere; the per-address limit bounds
-password spraying.
+password spraying. Configured users (``[[users]]``) exist in every world (the
+sandboxes too): their attempts are counted in the default world's store whatever
+world is asked (:class:`SharedThrottle`), and a sandbox's reset leaves them alone.
+
+scrypt runs in a few threads of a :class:`HashPool` shared by every world, never on
+the event loop: a burst of logins waits for those threads, other clients do not.
 
 Sessions, keys and counters live in the store, so they survive a restart and
 are shared by replicas; the token check itself reads only memory. Time comes
@@ -27,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -38,7 +45,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 
@@ -48,6 +55,7 @@ ALGORITHM = "HS256"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 ROLES = ("admin", "viewer")
 log = logging.getLogger("cockpit_api.auth.service")
+T = TypeVar("T")
 
 
 class AuthError(Exception):
@@ -106,6 +114,42 @@ def verify_password(password: str, encoded: str) -> bool:
 _DUMMY_HASH = hash_password("not a password", salt=b"0123456789abcdef")
 
 
+class HashPool:
+    """A few threads for scrypt (and the logins around it), shared by every world.
+
+    ``hashlib.scrypt`` releases the GIL, so the event loop keeps serving while these
+    threads hash; their number bounds how many cores a burst of logins can take
+    (``password_hash_workers``). Threads start at the first use and stop at
+    :meth:`close` (the app's shutdown); a later use starts them again.
+    """
+
+    def __init__(self, workers: int = 2) -> None:
+        if workers < 1:
+            raise ValueError("a hash pool needs at least one worker")
+        self.workers = workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self.workers, thread_name_prefix="cockpit-scrypt")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedThrottle:
+    """Where the attempts on these usernames are counted, whatever world is asked."""
+
+    store: Store
+    usernames: frozenset[str]
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     username: str
@@ -149,6 +193,11 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# Counters of configured users' attempts: ``cu:`` (user, address) and ``ca:`` (address).
+# A simulator's reset (POST /_sim/reset) keeps them: they guard real passwords.
+CONFIGURED_PREFIX = "c"
+
+
 def _key(kind: str, value: str) -> str:
     # Throttle keys come from user input: long ones are hashed to a fixed size.
     return f"{kind}:{value}" if len(value) <= 200 else f"{kind}#:{_digest(value)}"
@@ -158,7 +207,9 @@ class AuthService:
     """Users, tokens and throttling for one app instance, over the store."""
 
     def __init__(self, users: list[User], settings: AuthSettings,
-                 clock: Callable[[], float] = time.time, store: Store | None = None) -> None:
+                 clock: Callable[[], float] = time.time, store: Store | None = None, *,
+                 hasher: HashPool | None = None,
+                 throttle: SharedThrottle | None = None) -> None:
         if settings.secret is not None and len(settings.secret.encode()) < 32:
             # RFC 7518 3.2: an HS256 key must be at least 256 bits.
             raise ValueError("the JWT secret must be at least 32 bytes")
@@ -166,6 +217,8 @@ class AuthService:
         self.settings = settings
         self.clock = clock
         self.store = store if store is not None else open_store(MEMORY_URL)
+        self.hasher = hasher
+        self._throttle = throttle
         self._keys: dict[str, str] = {}
         self._current_kid = ""
         self._keys_loaded_at = -math.inf
@@ -225,11 +278,15 @@ class AuthService:
         """Blocking (the store, then scrypt): call it from a worker thread."""
         s = self.settings
         now = self.clock()
-        pair_key, addr_key = _key("u", f"{username}|{client}"), _key("a", client)
+        counters, kinds = self.store, ("u", "a")
+        if self._throttle is not None and username in self._throttle.usernames:
+            # One count for a configured user in all worlds, which no reset clears.
+            counters, kinds = self._throttle.store, ("cu", "ca")
+        pair_key, addr_key = _key(kinds[0], f"{username}|{client}"), _key(kinds[1], client)
         # Counted before the password is looked at, atomically: a burst of
         # concurrent attempts cannot check more passwords than the limit.
-        per_pair, per_addr = self.store.count_attempts([pair_key, addr_key], now,
-                                                       s.failure_window)
+        per_pair, per_addr = counters.count_attempts([pair_key, addr_key], now,
+                                                     s.failure_window)
         waits = [math.ceil(c.window_start + s.failure_window - now)
                  for c, limit in ((per_pair, s.max_failures_per_user),
                                   (per_addr, s.max_failures_per_address))
@@ -242,7 +299,7 @@ class AuthService:
         if user is None or not ok:
             raise AuthError("wrong username or password", "bad_credentials")
         # Not a failure after all: this pair starts over, the address gets its attempt back.
-        self.store.forgive(clear=[pair_key], decrement=[addr_key])
+        counters.forgive(clear=[pair_key], decrement=[addr_key])
         family, sid = secrets.token_urlsafe(18), uuid.uuid4().hex
         refresh = f"{family}.{secrets.token_urlsafe(32)}"
         self.store.create_session(Session(family, sid, user.username, now, now + s.refresh_ttl),
@@ -251,11 +308,15 @@ class AuthService:
                          user.username, user.role)
 
     async def login_off_loop(self, username: str, password: str, client: str) -> TokenPair:
-        """:meth:`login` in a worker thread: scrypt takes ~30 ms on purpose, the store a bit."""
+        """:meth:`login` in a worker thread (of the hash pool, when there is one): scrypt
+        takes ~40 ms on purpose, the store a bit."""
+        if self.hasher is not None:
+            return await self.hasher.run(self.login, username, password, client)
         return await asyncio.to_thread(self.login, username, password, client)
 
     def reset_throttling(self) -> None:
-        self.store.reset_throttling()
+        """This world's counters of its scenario's users; configured users' stay."""
+        self.store.reset_throttling(keep_prefix=CONFIGURED_PREFIX)
 
     # ------------------------------------------------------------ refresh
 

@@ -25,18 +25,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
+import resource
 import secrets
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from cockpit_api.auth.service import Throttled
 from cockpit_api.backends.base import Host, Migration, Vm, simulator_of
 from cockpit_api.backends.inventory import Inventory, JobTable
 from cockpit_api.shapes import host_json, migration_json, vm_json
+
+if TYPE_CHECKING:
+    from cockpit_api.config import Settings
+    from cockpit_api.ops.prometheus import Metrics
 
 log = logging.getLogger("cockpit_api.feed.changes")
 
@@ -54,7 +62,11 @@ _MIN_FLUSH = 0.001
 TICKET_SECONDS = 30
 EVENT_TYPES = ("host", "vm", "vm_removed", "migration", "reset")
 _MAX_TICKETS = 10_000
+# Outstanding tickets per user: a dashboard reconnecting every 2 s holds ~15. Past it the
+# user's own oldest goes, never another user's.
+TICKETS_PER_USER = 100
 _MAX_JOB_STATES = 10_000
+STREAM_RETRY_AFTER = 5  # seconds a refused stream is told to wait
 
 
 def _shapes() -> tuple[Callable[[Host], Any], Callable[[Vm], Any], Callable[[Migration], Any]]:
@@ -106,32 +118,174 @@ class Resume:
     reset: str | None = None  # why the position could not be continued
 
 
+class TooManyStreams(Throttled):
+    """429: a stream, long poll or ticket refused by a cap (``Retry-After`` says when to retry).
+
+    The answer closes its connection: what a cap protects is the server's file descriptors.
+    """
+
+    close_connection = True
+
+    def __init__(self, detail: str, retry_after: int = STREAM_RETRY_AFTER,
+                 code: str = "too_many_streams") -> None:
+        super().__init__(detail, retry_after)
+        self.code = code
+
+
 class Tickets:
     """Short-lived single-use query tokens for browser ``EventSource`` (it sends no headers).
 
     A ticket stands for the bearer token it was issued against: a stream opened
     with it ends when that token expires or its session logs out. Held in
     memory: a ticket is redeemed on the replica that issued it.
+
+    Bounded per user (:data:`TICKETS_PER_USER`: past it the user's own oldest is
+    dropped) and in all (:data:`_MAX_TICKETS`: past it, 429 until the oldest
+    expire), so that nobody's tickets are dropped because of somebody else.
     """
 
-    def __init__(self, ttl: int = TICKET_SECONDS) -> None:
+    def __init__(self, ttl: int = TICKET_SECONDS, per_user: int = TICKETS_PER_USER,
+                 total: int = _MAX_TICKETS) -> None:
         self.ttl = ttl
-        self._tickets: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.per_user = per_user
+        self.total = total
+        # Issue order is expiry order (one ttl): the oldest first.
+        self._tickets: OrderedDict[str, tuple[str, float, str]] = OrderedDict()
+        self._by_owner: dict[str, OrderedDict[str, None]] = {}
 
-    def issue(self, token: str, now: float) -> str:
-        while self._tickets and (next(iter(self._tickets.values()))[1] <= now
-                                 or len(self._tickets) >= _MAX_TICKETS):
-            self._tickets.popitem(last=False)
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def _drop(self, ticket: str) -> tuple[str, float, str] | None:
+        entry = self._tickets.pop(ticket, None)
+        if entry is not None:
+            mine = self._by_owner.get(entry[2])
+            if mine is not None:
+                mine.pop(ticket, None)
+                if not mine:
+                    del self._by_owner[entry[2]]
+        return entry
+
+    def issue(self, token: str, now: float, owner: str = "") -> str:
+        """A new ticket for ``token``, held by ``owner`` (the token's user)."""
+        while self._tickets and next(iter(self._tickets.values()))[1] <= now:
+            self._drop(next(iter(self._tickets)))
+        mine = self._by_owner.get(owner)
+        while mine and len(mine) >= self.per_user:
+            self._drop(next(iter(mine)))
+            mine = self._by_owner.get(owner)
+        if len(self._tickets) >= self.total:
+            oldest = next(iter(self._tickets.values()))[1]
+            raise TooManyStreams("too many event-feed tickets are outstanding; retry shortly",
+                                 max(1, math.ceil(oldest - now)), "too_many_tickets")
         ticket = secrets.token_urlsafe(24)
-        self._tickets[ticket] = (token, now + self.ttl)
+        self._tickets[ticket] = (token, now + self.ttl, owner)
+        self._by_owner.setdefault(owner, OrderedDict())[ticket] = None
         return ticket
 
     def redeem(self, ticket: str, now: float) -> str | None:
         """The bearer token behind a ticket, once; None if unknown, used or expired."""
-        entry = self._tickets.pop(ticket, None)
+        entry = self._drop(ticket)
         if entry is None or entry[1] <= now:
             return None
         return entry[0]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Caps on event streams and long polls (README "Limits")."""
+
+    per_user: int = 32  # per user of one world (a sandbox's users are its own)
+    total: int = 1000  # in all worlds of the server
+    fd_headroom: int = 128  # file descriptors kept free for everything else
+
+    @classmethod
+    def of(cls, settings: Settings) -> StreamLimits:
+        return cls(settings.max_streams_per_user, settings.max_streams,
+                   settings.stream_fd_headroom)
+
+
+def _fd_use() -> tuple[int, int] | None:
+    """(file descriptors open, the soft limit), or None where either is unknown."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        # Linux 6.2+ gives the number of open descriptors as the directory's size (~1 us);
+        # listing it costs ~0.8 ms at 1,000 descriptors (less the listing's own).
+        n = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd")) - 1
+    except OSError:
+        return None
+    return n, soft
+
+
+class StreamSlot:
+    """One admitted stream; :meth:`release` (idempotent) gives its place back."""
+
+    __slots__ = ("_gate", "_key")
+
+    def __init__(self, gate: StreamGate, key: tuple[str | None, str]) -> None:
+        self._gate: StreamGate | None = gate
+        self._key = key
+
+    def release(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate._release(self._key)
+
+    def __del__(self) -> None:  # a response that was never run still gives its place back
+        self.release()
+
+
+class StreamGate:
+    """Admits event streams and long polls, for every world of one server.
+
+    Each holds a connection (a file descriptor) and a subscriber for as long as it
+    lasts: without caps one viewer held 1,080 streams under a limit of 1,100 file
+    descriptors and nobody else could connect. A new one is refused (429
+    ``too_many_streams`` with ``Retry-After``) past ``per_user`` for its user,
+    past ``total`` in all, or when fewer than ``fd_headroom`` descriptors below the
+    process's ``RLIMIT_NOFILE`` are left for other clients. The gauge
+    ``cockpit_feed_subscribers`` counts what is admitted.
+    """
+
+    def __init__(self, limits: StreamLimits | None = None, metrics: Metrics | None = None,
+                 fd_use: Callable[[], tuple[int, int] | None] = _fd_use) -> None:
+        self.limits = limits or StreamLimits()
+        self.metrics = metrics
+        self._fd_use = fd_use
+        self._per_user: dict[tuple[str | None, str], int] = {}
+        self.total = 0
+
+    def admit(self, world: str | None, user: str) -> StreamSlot:
+        """A slot for one more stream of ``user`` in ``world`` (None: the default world)."""
+        lim = self.limits
+        key = (world, user)
+        if self._per_user.get(key, 0) >= lim.per_user:
+            raise TooManyStreams(f"at most {lim.per_user} event streams per user are open at "
+                                 "once: close one")
+        if self.total >= lim.total:
+            raise TooManyStreams(f"the server holds its cap of {lim.total} event streams")
+        use = self._fd_use()
+        if use is not None and use[0] + lim.fd_headroom >= use[1]:
+            log.warning("event stream refused: %d of %d file descriptors in use", *use)
+            raise TooManyStreams("the server keeps its remaining connections for other "
+                                 "clients")
+        self._per_user[key] = self._per_user.get(key, 0) + 1
+        self.total += 1
+        if self.metrics is not None:
+            self.metrics.feed_subscribers.set(self.total)
+        return StreamSlot(self, key)
+
+    def _release(self, key: tuple[str | None, str]) -> None:
+        n = self._per_user.get(key, 0) - 1
+        if n > 0:
+            self._per_user[key] = n
+        else:
+            self._per_user.pop(key, None)
+        self.total -= 1
+        if self.metrics is not None:
+            self.metrics.feed_subscribers.set(self.total)
 
 
 class Feed:
@@ -164,6 +318,9 @@ class Feed:
         self._subscribers = 0
         self._ticker: asyncio.Task[None] | None = None
         self._shapes = _shapes()
+        # Set when the world is gone (a sandbox deleted or expired): every stream and long
+        # poll on it ends at its next wake-up, which close() brings at once.
+        self.closed = False
 
     # ------------------------------------------------------------------ positions
 
@@ -256,6 +413,20 @@ class Feed:
             self._last_flush = self._loop.time()
         self.pulse()
 
+    def close(self) -> None:
+        """The world is gone: end every stream and long poll on it now."""
+        self.closed = True
+        self.tickets = Tickets()
+        if self._loop is None:
+            return
+        if threading.get_ident() != self._loop_thread:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.close)
+            return
+        if self._ticker is not None:
+            self._ticker.cancel()  # it holds the world; nobody will listen to it again
+        self.pulse()
+
     def pulse(self) -> None:
         """Wake every waiting subscriber (new events, or time to look at its clock)."""
         waiters, self._waiters = self._waiters, []
@@ -327,7 +498,7 @@ class Feed:
     async def _run_ticker(self) -> None:
         loop = asyncio.get_running_loop()
         next_pulse = loop.time() + self.pulse_seconds
-        while self._subscribers > 0:
+        while self._subscribers > 0 and not self.closed:
             try:
                 self.tick()
             except Exception:  # the ticker must outlive one bad tick
@@ -352,7 +523,7 @@ class Feed:
         """Count a subscriber while it listens; the ticker runs while anybody does."""
         self._bind()
         self._subscribers += 1
-        if self._ticker is None or self._ticker.done():
+        if (self._ticker is None or self._ticker.done()) and not self.closed:
             self._ticker = asyncio.get_running_loop().create_task(self._run_ticker())
         try:
             yield self
@@ -366,7 +537,7 @@ class Feed:
     async def next(self, seq: int) -> None:
         """Until there are events after ``seq``, or the next pulse."""
         loop = self._bind()
-        if self._seq > seq:
+        if self._seq > seq or self.closed:
             return
         fut = loop.create_future()
         self._waiters.append(fut)
@@ -375,10 +546,12 @@ class Feed:
     async def wait(self, seq: int, timeout: float) -> bool:
         """Until there are events after ``seq`` (True) or ``timeout`` seconds passed (False)."""
         loop = self._bind()
+        if not math.isfinite(timeout):  # NaN would make the deadline NaN: a busy loop
+            timeout = 0.0
         deadline = loop.time() + max(0.0, timeout)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
-                while self._seq <= seq:
+                while self._seq <= seq and not self.closed:
                     await self.next(seq)
         return self._seq > seq
 

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from cockpit_api.auth.service import AuthError, Throttled
 from cockpit_api.backends.base import BackendError, Unavailable
 from cockpit_api.http.served_spec import CONTROL_SPEC, SPEC
-from cockpit_api.state import MISSING_SANDBOX, SANDBOX_PREFIX
+from cockpit_api.state import MISSING_SANDBOX, SANDBOX_PREFIX, well_formed_id
 
 log = logging.getLogger("cockpit_api")
 
@@ -119,6 +119,8 @@ def on_backend_error(request: ConnexionRequest, exc: Exception) -> ConnexionResp
 def on_auth_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, AuthError)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
+    if headers is not None and getattr(exc, "close_connection", False):
+        headers["Connection"] = "close"  # a refused stream gives its file descriptor back
     return problem(exc.status, exc.detail, code=exc.code, title=exc.title,
                    instance=_path(request), headers=headers)
 
@@ -154,8 +156,13 @@ def on_http_exception(request: ConnexionRequest, exc: Exception) -> ConnexionRes
     assert isinstance(exc, HTTPException)
     missing = request.scope.get(MISSING_SANDBOX)
     if missing is not None and exc.status_code == 404:
-        return problem(404, f"no sandbox {missing}: it expired or was deleted",
-                       code="sandbox_not_found", instance=_path(request))
+        # The id is quoted only when it is shaped like ours: a path of 32 KiB, NUL or
+        # bidi controls is never echoed (neither in detail nor in instance).
+        if well_formed_id(missing):
+            return problem(404, f"no sandbox {missing}: it expired or was deleted",
+                           code="sandbox_not_found", instance=_path(request))
+        return problem(404, "no such sandbox: a sandbox id is 16 hex digits, and this is not",
+                       code="sandbox_not_found")
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         # Starlette names only the methods of the first route that matched the path, so a path

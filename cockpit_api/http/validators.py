@@ -19,6 +19,7 @@ property name; nothing is logged.
 from __future__ import annotations
 
 import copy
+import math
 import typing as t
 from typing import Any
 
@@ -102,6 +103,22 @@ def _all_errors(validator: Draft4Validator, value: Any, prefix: str) -> list[Fie
     return errors[:MAX_ERRORS]
 
 
+def _non_finite(value: Any) -> bool:
+    """A NaN or an infinity anywhere in a parsed parameter value.
+
+    Connexion turns ``wait=nan`` into ``float("nan")``, which passes every
+    ``minimum``/``maximum`` (each comparison with NaN is false), and ``1e400`` or
+    ``inf`` into an infinity; neither is a number a client means.
+    """
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    return False
+
+
 def _parameter_validator(param: dict[str, Any]) -> Draft4Validator:
     entry = _PARAMETERS.get(id(param))
     if entry is None:
@@ -139,6 +156,8 @@ class CachedParameterValidator(ParameterValidator):
             return []
         if value is None:
             return [{"pointer": prefix, "detail": "is required"}] if param.get("required") else []
+        if _non_finite(value):
+            return [{"pointer": prefix, "detail": "must be a finite number"}]
         return _all_errors(_parameter_validator(param), value, prefix)
 
     def validate_request(self, request: ConnexionRequest) -> None:

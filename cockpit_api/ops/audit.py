@@ -16,6 +16,7 @@ The operation index is built from the specs Connexion loaded, so operations
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cockpit_api.ops.logs import escape_controls
 from cockpit_api.state import AUDIT_KEY, SCOPE_KEY
 from cockpit_api.store import AuditEntry
 
@@ -151,10 +153,13 @@ class Auditor:
         request_id = scope.get("cockpit.request_id") or \
             headers.get(b"x-request-id", b"").decode("latin-1")[:128] or None
         client = scope.get("client")
+        # Stored escaped: a newline or a bidi override in a username or a path reads as
+        # an escape wherever the entry is shown, never as a forged line.
         entry = AuditEntry(at=self._clock(), operation=operation, method=scope["method"],
-                           path=path, status=status,
-                           actor=None if actor is None else str(actor)[:255], role=role,
-                           address=client[0] if client else None, request_id=request_id,
+                           path=escape_controls(path), status=status,
+                           actor=None if actor is None else escape_controls(str(actor)[:255]),
+                           role=role, address=_address(client[0] if client else None),
+                           request_id=request_id,
                            dry_run=is_dry_run(scope.get("query_string", b"")))
         try:
             await asyncio.to_thread(services.auth.store.audit_append, entry)
@@ -162,3 +167,17 @@ class Auditor:
             # The write already happened; losing its audit line must not turn it into a 500.
             log.exception("audit entry not written: %s %s -> %s", entry.method, entry.path,
                           status)
+
+
+def _address(host: object) -> str | None:
+    """The client's address as an IP address, else None.
+
+    With trusted proxies (``trusted_proxies``) uvicorn takes the client from
+    ``X-Forwarded-For`` as it is written, which is any text.
+    """
+    if not isinstance(host, str):
+        return None
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None

@@ -11,6 +11,12 @@ Access-log lines (``cockpit_api.http.access``: written by :class:`JsonAccessLog`
 ``method``, ``path`` (never the query string: it can carry an event-feed
 ticket), ``operation``, ``status``, ``duration_ms`` and ``user``. Nothing here
 logs request bodies, query values, passwords or tokens.
+
+Both formats pass every line through :func:`clean`, whoever logged it (uvicorn's
+trace log prints whole ASGI scopes): control characters are escaped
+(``\\x0a``), so a ``%0a`` in a path or a newline in a username cannot start a
+forged line, and tokens are blanked (:func:`redact`). In the text format a
+traceback's lines are indented: only a record's first line starts at column 0.
 """
 
 from __future__ import annotations
@@ -32,6 +38,55 @@ ACCESS_FIELDS = ("method", "path", "operation", "status", "duration_ms", "user")
 FORMATS = ("text", "json")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 ACCESS_LOGGER = "cockpit_api.http.access"
+# C0 and C1 controls, DEL, the Unicode line and paragraph separators, bidi overrides.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_BUT_NEWLINE = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# A credential-like query value wherever a URL or a query string shows up (uvicorn's trace
+# log prints `query_string: b'ticket=...'`), a bearer credential (the metrics token is no
+# JWT), and an Authorization header in a printed ASGI scope.
+_SECRET_QUERY = re.compile(
+    r"((?<![A-Za-z0-9_])(?:ticket|token|access_token|refresh_token|password)=)[^&\s\"']*",
+    re.IGNORECASE)
+# 8+ token characters: "send a bearer token" in a message is no credential.
+_BEARER = re.compile(r"(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+_AUTH_HEADER = re.compile(r"(authorization['\"]?\s*[,:]\s*b?['\"])[^'\"]*", re.IGNORECASE)
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with control characters written as escapes (``\\x0a``, ``\\u2028``)."""
+    pattern = _CONTROLS_BUT_NEWLINE if keep_newlines else _CONTROLS
+    return pattern.sub(_escape_one, text) if pattern.search(text) else text
+
+
+def redact(text: str) -> str:
+    """``text`` with JWTs, credential-like query values and bearer credentials blanked."""
+    if "eyJ" in text:
+        text = _JWT.sub("***", text)
+    lower = text.lower()
+    if "=" in text and any(w in lower for w in ("ticket", "token", "password")):
+        text = _SECRET_QUERY.sub(r"\1***", text)
+    if "bearer" in lower:
+        text = _BEARER.sub(r"\1***", text)
+    if "authorization" in lower:
+        text = _AUTH_HEADER.sub(r"\1***", text)
+    return text
+
+
+def _indented(traceback: str) -> str:
+    """A traceback, cleaned, every line after its first indented: a line of it (which may
+    quote input: an exception's message) never passes for a record of its own."""
+    return "\n    ".join(clean(traceback, keep_newlines=True).splitlines())
+
+
+def clean(text: str, *, keep_newlines: bool = False) -> str:
+    """What a log line may carry of ``text``: redacted, control characters escaped."""
+    return escape_controls(redact(text), keep_newlines=keep_newlines)
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,7 +98,7 @@ class JsonFormatter(logging.Formatter):
                 timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": clean(record.getMessage()),
         }
         # Read when formatted, i.e. when a stream handler emits, in the request's context;
         # a handler that formats later (a queue) would need a filter stamping the record.
@@ -53,22 +108,28 @@ class JsonFormatter(logging.Formatter):
         for key in ACCESS_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
-                out[key] = value
+                out[key] = clean(value) if isinstance(value, str) else value
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = _indented(self.formatException(record.exc_info))
         return orjson.dumps(out).decode()
 
 
 class TextFormatter(logging.Formatter):
     """``LEVEL logger: message``, with ``[request id]`` when logged during a request."""
 
-    def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
-
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        line = f"{record.levelname} {record.name}: {clean(record.getMessage())}"
         rid = getattr(record, "request_id", None) or current_request_id.get()
-        return f"{line} [{rid}]" if rid and record.name != ACCESS_LOGGER else line
+        if rid and record.name != ACCESS_LOGGER:
+            line = f"{line} [{clean(str(rid))}]"
+        extra = []
+        if record.exc_info:
+            extra.append(self.formatException(record.exc_info))
+        if record.stack_info:
+            extra.append(self.formatStack(record.stack_info))
+        for text in extra:
+            line += "\n    " + _indented(text)
+        return line
 
 
 
@@ -102,8 +163,11 @@ class JsonAccessLog:
         if second != self._second:
             self._second = second
             self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        if "eyJ" in path:  # a JWT pasted into a URL path: never written (cli.RedactSecrets)
+        if "eyJ" in path:  # a JWT pasted into a URL path: never written
             path = _JWT.sub("***", path)
+        path = escape_controls(path)  # a %0a in a path: an escape, not a forged line
+        if user is not None:
+            user = escape_controls(user)
         line = {"time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
                 "logger": ACCESS_LOGGER, "message": f"{method} {path} {status}",
                 "request_id": request_id, "method": method, "path": path,

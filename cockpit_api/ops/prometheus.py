@@ -13,8 +13,8 @@ What others call (all cheap, none blocks):
   :meth:`Metrics.observe_libvirt_call` (``call`` is the fixed description of the
   call, e.g. ``"list domains"``; never a domain name);
 - the store: :meth:`Metrics.observe_store` or ``with metrics.store_timer("op"):``;
-- the event feed: ``metrics.feed_subscribers.inc()`` when a stream opens and
-  ``.dec()`` when it closes;
+- the event feed: :class:`cockpit_api.feed.changes.StreamGate` sets ``feed_subscribers`` to the
+  streams and long polls it admitted, whenever one opens or closes;
 - sandboxes: ``metrics.sandboxes.set(n)`` whenever their number changes.
 
 Labels are bounded: operation ids from the specs (``other`` for what no
@@ -98,6 +98,10 @@ class Metrics:
                                registry=r)
         self._seen_finished: set[str] = set()
         self._hosts_seen: set[str] = set()
+        # The backend the host and migration series describe: the default world's, set by
+        # the app. A sandbox's /metrics renders these same series (one server, one registry)
+        # and must never refresh them from its own world.
+        self.source: Backend | None = None
 
     # ------------------------------------------------------------ requests
 
@@ -137,6 +141,8 @@ class Metrics:
         of metrics code. Outcomes are counted once per job id: a job that starts
         and finishes between two scrapes is still counted, unless the backend
         forgot it first (past its retention of 10,000 jobs, or a simulator reset).
+        Everything is read first and applied after, with no await in between: two
+        scrapes at once count each job once.
         """
         hosts: dict[str, str] = {}
         cursor: str | None = None
@@ -146,28 +152,30 @@ class Metrics:
             cursor = page.next_cursor
             if cursor is None:
                 break
+        jobs: dict[str, str] = {}
+        cursor = None
+        while True:
+            found = await backend.list_migrations(PageRequest(limit=1000, cursor=cursor),
+                                                  MigrationFilter())
+            jobs.update((m.id, m.status) for m in found.items)
+            cursor = found.next_cursor
+            if cursor is None:
+                break
+        # From here on, no await: what a concurrent scrape applies is not applied twice.
         for name in self._hosts_seen - hosts.keys():
             self.host_connected.remove(name)  # gone with a new scenario: no stale series
         for name, status in hosts.items():
             self.host_connected.labels(name).set(1 if status == "connected" else 0)
         self._hosts_seen = set(hosts)
-
         active = {"initiated": 0, "running": 0}
         finished: set[str] = set()
-        cursor = None
-        while True:
-            jobs = await backend.list_migrations(PageRequest(limit=1000, cursor=cursor),
-                                                 MigrationFilter())
-            for m in jobs.items:
-                if m.status in FINAL_MIGRATION_STATUSES:
-                    finished.add(m.id)
-                    if m.id not in self._seen_finished:
-                        self.migrations_finished.labels(m.status).inc()
-                else:
-                    active[m.status] += 1
-            cursor = jobs.next_cursor
-            if cursor is None:
-                break
+        for job_id, status in jobs.items():
+            if status in FINAL_MIGRATION_STATUSES:
+                finished.add(job_id)
+                if job_id not in self._seen_finished:
+                    self.migrations_finished.labels(status).inc()
+            else:
+                active[status] += 1
         # Only ids the backend still holds: bounded by its retention.
         self._seen_finished = finished
         for status, n in active.items():

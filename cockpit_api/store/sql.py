@@ -153,7 +153,7 @@ class SqlStore:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             parsed, connect_args={"check_same_thread": False, "timeout": 30},
-            **({"poolclass": StaticPool} if memory else {}))
+            **({"poolclass": StaticPool, "query_cache_size": 0} if memory else {}))
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi: Any, _record: Any) -> None:
@@ -386,9 +386,12 @@ class SqlStore:
                              .values(count=t.count - 1))
 
     @_unavailable
-    def reset_throttling(self) -> None:
+    def reset_throttling(self, keep_prefix: str | None = None) -> None:
+        stmt = login_throttle.delete()
+        if keep_prefix:
+            stmt = stmt.where(~login_throttle.c.key.startswith(keep_prefix, autoescape=True))
         with self._tx() as conn:
-            conn.execute(login_throttle.delete())
+            conn.execute(stmt)
 
     @_unavailable
     def prune_throttling(self, before: float) -> int:
