@@ -67,6 +67,10 @@ CONTROL_PREFIX = "/_sim"
 # Request headers a browser app may always send; Settings.cors_allow_headers adds more.
 CORS_BASE_HEADERS = ("Authorization", "Content-Type", "X-Request-Id", "Last-Event-ID",
                      "If-None-Match")
+# persistAuthorization: the token entered under "Authorize" is kept (in the page's
+# localStorage) across reloads, instead of being asked for again after each one.
+_SWAGGER_UI = SwaggerUIOptions(swagger_ui_path="/ui",
+                               swagger_ui_config={"persistAuthorization": True})
 CORS_EXPOSE_HEADERS = ("Location", "Retry-After", "WWW-Authenticate", "X-Request-Id",
                        "X-Feed-Position", "ETag")
 
@@ -91,6 +95,15 @@ class CockpitApp:
         self._sleep = sleep
         self.auditor = Auditor(inner, services, index or (lambda: OperationIndex.of(inner)),
                                clock)
+
+    def drain(self) -> None:
+        """The server is stopping: every open event stream, in every world, ends now with a
+        last ``reset`` (reason ``shutdown``) and a ``retry`` hint; long polls answer."""
+        worlds = [self.services]
+        if self.services.sandboxes is not None:
+            worlds += [box.services for box in self.services.sandboxes.all()]
+        for services in worlds:
+            feed_of(services.backend).close_streams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -240,7 +253,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         base_path=API_PREFIX,
         strict_validation=True,
         validate_responses=settings.validate_responses,
-        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+        swagger_ui_options=_SWAGGER_UI,
         pythonic_params=False,
         validator_map=validator_map(),
     )
@@ -248,7 +261,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     if sim is not None:
         app.add_api(CONTROL_SPEC, base_path=CONTROL_PREFIX, strict_validation=True,
                     validate_responses=settings.validate_responses,
-                    validator_map=validator_map())
+                    validator_map=validator_map(), swagger_ui_options=_SWAGGER_UI)
         specs[CONTROL_PREFIX] = CONTROL_SPEC
     app.add_middleware(RawSpecs, position=MiddlewarePosition.BEFORE_SWAGGER, specs=specs)
     app.add_api(OPS_SPEC, base_path="", strict_validation=True,
@@ -278,16 +291,28 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.add_error_handler(HTTPException, problems.on_http_exception)
     app.add_error_handler(UnicodeDecodeError, problems.on_bad_encoding)
     app.add_error_handler(Exception, problems.on_unexpected)
-    return CockpitApp(AccessMiddleware(app, services, access_log=writer), services, sleep,
-                      auth_clock, index=lambda: OperationIndex.of(app))
+    cockpit = CockpitApp(AccessMiddleware(app, services, access_log=writer), services, sleep,
+                         auth_clock, index=lambda: OperationIndex.of(app))
+    services.ready_checks["store"] = functools.partial(_store_ready, services, cockpit.auditor)
+    return cockpit
 
 
-async def _store_ready(services: Services) -> str | None:
-    """The store answers a query (logins, refreshes and the audit log need it)."""
+async def _store_ready(services: Services, auditor: Auditor | None = None) -> str | None:
+    """The store answers a query and commits a write (logins, refreshes and the audit
+    log need both; a full disk reads but does not write)."""
+    store = services.auth.store
     try:
-        await asyncio.to_thread(services.auth.store.ping)
+        await asyncio.to_thread(store.ping)
     except Exception:  # StoreUnavailable, or whatever a dead connection raises
         return "the state store cannot be reached"
+    try:
+        await asyncio.to_thread(store.probe_write, services.auth.clock())
+    except Exception:
+        if auditor is not None:
+            auditor.failed(store)
+        return "the state store cannot write (a full disk?): writes answer 503"
+    if auditor is not None:
+        auditor.recovered(store)
     return None
 
 

@@ -16,6 +16,7 @@ Example ``cockpit.toml``::
     access_log = true              # one line per request (default off)
     metrics_token = "a long random string"   # /metrics then needs it as a bearer token
     trusted_proxies = ["10.0.0.5"]  # X-Forwarded-For/-Proto honoured only from these (default none)
+    shutdown_timeout = 3.0         # after SIGTERM, cancel what still runs past it (seconds)
 
     [auth]
     jwt_secret = "at least 32 bytes of secret ......"   # optional: else generated, in the store
@@ -26,11 +27,15 @@ Example ``cockpit.toml``::
     failure_window = 300           # seconds
     password_hash_workers = 2      # threads for scrypt (logins, sandboxes' users), off the loop
     password_hash_cache = 1024     # sandboxes' demo users' hashes kept for reuse (LRU)
+    refresh_grace = 10             # s: a retry of a just-rotated refresh token gets a pair, once
 
     [store]
     url = "postgresql://cockpit:PASSWORD@db.example/cockpit"   # default: sqlite in state_dir
     state_dir = "/var/lib/cockpit-api"   # default: $XDG_STATE_HOME/cockpit-api
     audit_retention_days = 90
+    audit_max_rows = 1000000       # newest audit rows kept (0: no cap; age still prunes)
+    sandbox_audit_max_rows = 2000  # the same for each sandbox's in-memory log
+    audit_reject_window = 60       # s: unauthenticated rejects are one counted row per window
 
     [limits]                       # hostile input (README "Limits")
     max_body_bytes = 1048576       # larger bodies: 413, never read past this
@@ -47,7 +52,8 @@ Example ``cockpit.toml``::
     [sim]
     scenario = "default"           # a name in scenarios/ or a file path
     speed = 1.0                    # virtual seconds per real second
-    clock_start = 1800000000       # pin the virtual clock's start (Unix s); default: now
+    clock_start = 2027-01-15T08:00:00Z   # pin the virtual clock's start (also Unix s, or
+                                   # an ISO 8601 string); default: now
     sandbox_max = 100              # how many sandboxes may exist at once (POST /_sim/sandboxes)
     sandbox_ttl = 1800             # default idle lifetime of a sandbox, seconds
     sandbox_vm_budget = 250000     # VMs in all sandboxes together (the large scenario: 100000)
@@ -70,21 +76,13 @@ Example ``cockpit.toml``::
     password_hash = "scrypt$16384$8$1$..."   # from `cockpit-api hash-password`
     role = "admin"
 
-Environment: ``COCKPIT_BACKEND``, ``COCKPIT_HOST``, ``COCKPIT_PORT``,
-``COCKPIT_SCENARIO``, ``COCKPIT_SPEED``, ``COCKPIT_CLOCK_START``, ``COCKPIT_JWT_SECRET``,
-``COCKPIT_TOKEN_TTL``, ``COCKPIT_REFRESH_TTL``, ``COCKPIT_STATE_FILE``,
-``COCKPIT_STATE_DIR``, ``COCKPIT_STORE_URL``,
-``COCKPIT_TLS_CERT``, ``COCKPIT_TLS_KEY``, ``COCKPIT_LOG_FORMAT``,
-``COCKPIT_ACCESS_LOG`` (``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``),
-``COCKPIT_METRICS_TOKEN``, ``COCKPIT_SANDBOX_MAX``, ``COCKPIT_SANDBOX_TTL``,
-(comma-separated lists) ``COCKPIT_CORS_ORIGINS``, ``COCKPIT_CORS_ALLOW_HEADERS``;
-``COCKPIT_CORS_CREDENTIALS`` (a boolean, as above), and one per
-``[limits]`` setting: ``COCKPIT_MAX_BODY_BYTES``, ``COCKPIT_MAX_JSON_DEPTH``,
-``COCKPIT_BODY_TIMEOUT``, ``COCKPIT_MAX_HEADER_BYTES``, ``COCKPIT_MAX_HEADERS``,
-``COCKPIT_HEADER_TIMEOUT``, ``COCKPIT_KEEPALIVE_TIMEOUT``, ``COCKPIT_MAX_STREAMS_PER_USER``,
-``COCKPIT_MAX_STREAMS``, ``COCKPIT_STREAM_FD_HEADROOM``; ``COCKPIT_TRUSTED_PROXIES``
-(comma-separated). The README's operator
-section has them all in one table.
+Every setting has an environment variable, ``COCKPIT_<KEY>`` (``COCKPIT_STORE_URL``
+for ``[store] url``), and the ``serve`` flags of :data:`SETTINGS` name theirs. Each value,
+from any of the three, is read by its row of :data:`SETTINGS`: the same text means the
+same in a flag, a variable and the file (where a TOML number, boolean, array or
+datetime may stand for it), and a wrong one is one line naming the key, where it came
+from and what is expected (``ConfigError``; the CLI exits 2). The README's operator
+section has them all in one table (tests/test_settings.py keeps it true).
 
 ``Settings()`` built in code (tests, embedding) has no state directory and an
 in-memory store; ``Settings.load`` (the CLI) fills in the state directory and
@@ -93,16 +91,249 @@ the SQLite file in it, see :meth:`Settings.resolve_state`.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-_INT_LIMITS = ("max_body_bytes", "max_json_depth", "max_header_bytes", "max_headers")
-_FLOAT_LIMITS = ("body_timeout", "header_timeout", "keepalive_timeout")
+# ---------------------------------------------------------------- kinds of values
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one setting's value is read, from a string (flag, variable, TOML string) or a
+    TOML value; ``parse`` raises ValueError, and ``expected`` says what would do."""
+
+    expected: str
+
+    def parse(self, value: Any) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Text(Kind):
+    expected: str = "a string"
+    choices: tuple[str, ...] = ()
+    optional: bool = False  # an empty string (or nothing) means none
+
+    def parse(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        if self.optional and not value:
+            return None
+        if self.choices and value not in self.choices:
+            raise ValueError(value)
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Kind):
+    lo: float = 0
+    hi: float = math.inf
+    integer: bool = False
+    lo_open: bool = False  # lo itself is not allowed (a positive number)
+    optional: bool = False
+
+    def parse(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(value)  # TOML true is not 1
+        if isinstance(value, str):
+            if self.optional and not value.strip():
+                return None
+            value = float(value.strip()) if not self.integer else _int(value.strip())
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(value)
+        if self.integer and value != int(value):
+            raise ValueError(value)
+        if value < self.lo or (self.lo_open and value == self.lo) or value > self.hi:
+            raise ValueError(value)
+        return int(value) if self.integer else float(value)
+
+
+@dataclass(frozen=True)
+class Boolean(Kind):
+    expected: str = "a boolean (true/false, yes/no, on/off, 1/0)"
+
+    def parse(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        word = value.strip().lower() if isinstance(value, str) else None
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise ValueError(value)
+
+
+@dataclass(frozen=True)
+class TextList(Kind):
+    expected: str = "a list of strings (comma-separated in a flag or variable)"
+
+    def parse(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ValueError(value)
+
+
+@dataclass(frozen=True)
+class Instant(Kind):
+    """A moment: Unix seconds, an ISO 8601 time (UTC unless it says), a TOML datetime."""
+
+    expected: str = ("Unix seconds or an ISO 8601 time such as 2027-01-15T08:00:00Z, "
+                     "between 1970 and 9999")
+
+    def parse(self, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            try:
+                value = float(text)
+            except ValueError:
+                value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)
+        if isinstance(value, datetime):
+            value = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        return Number(self.expected, 0, 253402300799).parse(value)
+
+
+def _int(text: str) -> int:
+    """An integer, also written 1e3 or 8080.0 (a float that is whole)."""
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)
+        if not number.is_integer():
+            raise
+        return int(number)
+
+
+def _positive(expected: str, integer: bool = False) -> Number:
+    return Number(expected, 0, math.inf, integer=integer, lo_open=True)
+
+
+_SECONDS = _positive("a positive number of seconds")
+_COUNT = _positive("a positive integer", integer=True)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table: where it sits in the file, how it is read, and its
+    ``serve`` flag if it has one. Its variable is COCKPIT_<KEY> (of the file's key)."""
+
+    section: str | None  # None: top level of the file
+    kind: Kind
+    flag: str | None = None
+    file_key: str | None = None  # in the file, when not the attribute's name
+    secret: bool = False  # a wrong value is not quoted back
+
+    def key(self, name: str) -> str:
+        return self.file_key or name
+
+    @staticmethod
+    def env(name: str) -> str:
+        return f"COCKPIT_{name.upper()}"
+
+
+SETTINGS: dict[str, Setting] = {
+    "backend": Setting(None, Text("sim or libvirt", ("sim", "libvirt")), "--backend"),
+    "host": Setting("server", Text("an address to listen on"), "--host"),
+    "port": Setting("server", Number("a port number from 1 to 65535", 1, 65535, integer=True),
+                    "--port"),
+    "compiled_pipeline": Setting("server", Boolean()),
+    "cors_origins": Setting("server", TextList()),
+    "cors_allow_headers": Setting("server", TextList()),
+    "cors_credentials": Setting("server", Boolean()),
+    "validate_responses": Setting("server", Boolean(), "--validate-responses"),
+    "tls_cert": Setting("server", Text("a PEM file's path", optional=True), "--tls-cert"),
+    "tls_key": Setting("server", Text("a PEM file's path", optional=True), "--tls-key"),
+    "log_format": Setting("server", Text("text or json", ("text", "json")), "--log-format"),
+    "access_log": Setting("server", Boolean(), "--access-log"),
+    "metrics_token": Setting("server", Text("a string", optional=True), secret=True),
+    "trusted_proxies": Setting("server", TextList(
+        "a list of IP addresses or networks (comma-separated in a variable)")),
+    "shutdown_timeout": Setting("server", Number("a number of seconds from 0 to 3600", 0, 3600),
+                                "--shutdown-timeout"),
+    "jwt_secret": Setting("auth", Text("a string of 32 bytes or more", optional=True),
+                          secret=True),
+    "jwt_issuer": Setting("auth", Text()),
+    "jwt_audience": Setting("auth", Text()),
+    "token_ttl": Setting("auth", _positive("a positive number of seconds", integer=True)),
+    "refresh_ttl": Setting("auth", _positive("a positive number of seconds", integer=True)),
+    "max_failures_per_user": Setting("auth", _COUNT),
+    "max_failures_per_address": Setting("auth", _COUNT),
+    "failure_window": Setting("auth", _positive("a positive number of seconds", integer=True)),
+    "refresh_grace": Setting("auth", Number("a number of seconds from 0 to 300", 0, 300)),
+    "password_hash_workers": Setting("auth", Number("an integer from 1 to 64", 1, 64,
+                                                    integer=True)),
+    "password_hash_cache": Setting("auth", Number("an integer from 0", 0, integer=True)),
+    "audit_retention_days": Setting("store", _COUNT),
+    "audit_max_rows": Setting("store", Number("an integer from 0 (no cap)", 0, integer=True)),
+    "sandbox_audit_max_rows": Setting("store", Number("an integer from 0 (no cap)", 0,
+                                                      integer=True)),
+    "audit_reject_window": Setting("store", _positive("a positive number of seconds",
+                                                      integer=True)),
+    "state_dir": Setting("store", Text("a directory", optional=True), "--state-dir"),
+    "store_url": Setting("store", Text("sqlite:///PATH or postgresql://USER:PASS@HOST/DB",
+                                       optional=True), "--store", file_key="url", secret=True),
+    "scenario": Setting("sim", Text("a scenario name or a YAML file"), "--scenario"),
+    "speed": Setting("sim", Number("a number of virtual seconds per real second from 0 "
+                                   "(frozen) to 10000", 0, 10000), "--speed"),
+    "clock_start": Setting("sim", Instant(), "--clock-start"),
+    "sandbox_max": Setting("sim", Number("an integer from 0", 0, integer=True)),
+    "sandbox_ttl": Setting("sim", _positive("a positive number of seconds", integer=True)),
+    "sandbox_vm_budget": Setting("sim", Number("an integer from 0", 0, integer=True)),
+    "state_file": Setting("libvirt", Text("a file's path")),
+    "resync_seconds": Setting("libvirt", _SECONDS),
+    "sample_seconds": Setting("libvirt", _SECONDS),
+    "retention_seconds": Setting("libvirt", _positive("a positive number of seconds",
+                                                      integer=True)),
+    "migration_bandwidth_mib": Setting("libvirt", Number("MiB/s, an integer from 0 (no cap)",
+                                                         0, integer=True)),
+    "max_body_bytes": Setting("limits", _positive("a positive number of bytes", integer=True)),
+    "max_json_depth": Setting("limits", Number("an integer from 1 to 1000", 1, 1000,
+                                               integer=True)),
+    "body_timeout": Setting("limits", _SECONDS),
+    "max_header_bytes": Setting("limits", _positive("a positive number of bytes",
+                                                    integer=True)),
+    "max_headers": Setting("limits", _COUNT),
+    "header_timeout": Setting("limits", _SECONDS),
+    "keepalive_timeout": Setting("limits", _SECONDS),
+    "max_streams_per_user": Setting("limits", Number("an integer from 0", 0, integer=True)),
+    "max_streams": Setting("limits", Number("an integer from 0", 0, integer=True)),
+    "stream_fd_headroom": Setting("limits", Number("an integer from 0", 0, integer=True)),
+}
+SECTIONS = ("server", "auth", "sim", "libvirt", "limits", "store")
+
+
+def _inferred(name: str, annotation: Any) -> Setting:
+    """A row for a Settings field the table does not list yet, from its type (added by
+    a branch merged after this table): readable the same three ways, unchecked beyond it."""
+    text = str(annotation)
+    optional = "None" in text
+    if text.startswith("bool"):
+        kind: Kind = Boolean()
+    elif text.startswith("int"):
+        kind = Number("an integer", -math.inf, integer=True, optional=optional)
+    elif text.startswith("float"):
+        kind = Number("a number", -math.inf, optional=optional)
+    elif text.startswith("list"):
+        kind = TextList()
+    else:
+        kind = Text(optional=optional)
+    return Setting(None, kind)
 
 
 class ConfigError(Exception):
@@ -145,6 +376,9 @@ class Settings:
     # Addresses (or networks) whose X-Forwarded-For/-Proto are believed; none by default
     # (uvicorn's own default believes 127.0.0.1, i.e. any local process).
     trusted_proxies: list[str] = field(default_factory=list)
+    # After SIGTERM/Ctrl-C: event streams end at once; requests still running after this
+    # many seconds are cancelled, so the process exits in bounded time (README).
+    shutdown_timeout: float = 3.0
     jwt_secret: str | None = None
     jwt_issuer: str = "cockpit-api"
     jwt_audience: str = "cockpit-api"
@@ -156,6 +390,10 @@ class Settings:
     password_hash_workers: int = 2  # threads for scrypt; bounds the cores logins take
     password_hash_cache: int = 1024  # sandbox users' hashes kept (LRU), by (user, password)
     audit_retention_days: int = 90
+    audit_max_rows: int = 1_000_000  # 0: no cap on rows
+    sandbox_audit_max_rows: int = 2000
+    audit_reject_window: int = 60  # seconds
+    refresh_grace: float = 10.0  # seconds; 0: a replaced refresh token is always reuse
     state_dir: str | None = None
     store_url: str | None = None
     scenario: str = "default"
@@ -183,9 +421,23 @@ class Settings:
     users: list[UserConfig] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, env: dict[str, str] | None = None,
+    def rows(cls) -> dict[str, Setting]:
+        """Every setting's row: the table's, or one inferred from the field's type."""
+        rows = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in ("hosts", "users"):
+                rows[f.name] = SETTINGS.get(f.name) or _inferred(f.name, f.type)
+        return rows
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None,
+             flags: Mapping[str, str | None] | None = None, *, create_state: bool = True,
              **overrides: Any) -> Settings:
+        """Defaults, then the file, then the environment, then ``flags`` (the text of the
+        ``serve`` flags given, by setting name), then ``overrides`` (typed values)."""
         s = cls()
+        env = os.environ if env is None else env
+        rows = cls.rows()
         if path is not None:
             try:
                 data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -193,73 +445,75 @@ class Settings:
                 raise ConfigError(f"config file {path} does not exist") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path}: {exc}") from None
-            s._apply_toml(data)
-        s._apply_env(os.environ if env is None else env)
+            s._apply_toml(data, rows, str(path))
+        for name, row in rows.items():
+            value = env.get(row.env(name))
+            if value is not None:
+                s._set(name, row, value, row.env(name))
+        for name, value in (flags or {}).items():
+            if value is not None:
+                s._set(name, rows[name], value, rows[name].flag or name)
         for key, value in overrides.items():
             if value is not None:
                 setattr(s, key, value)
         s._check()
-        s.resolve_state(os.environ if env is None else env)
+        s.resolve_state(env, create=create_state)
         return s
 
-    def resolve_state(self, env: Any) -> None:
-        """The state directory (created 0700) and the store URL, when not given."""
+    def _set(self, name: str, row: Setting, value: Any, source: str) -> None:
+        try:
+            setattr(self, name, row.kind.parse(value))
+        except (ValueError, TypeError, OverflowError):
+            raise ConfigError(f"{row.key(name)} from {source}: expected {row.kind.expected}, "
+                              f"got {_shown(value, row.secret)}") from None
+
+    def resolve_state(self, env: Any, *, create: bool = True) -> None:
+        """The state directory (created 0700; an existing one must be private) and the
+        store URL, when not given. ``create=False``: a missing directory is left missing
+        (``rotate-key`` then says there is no store, rather than making an empty one)."""
         if self.store_url is not None and self.state_dir is None:
             return  # a database elsewhere: nothing to keep on this disk
         if self.state_dir is None:
             base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
             self.state_dir = str(Path(base) / "cockpit-api")
         path = Path(self.state_dir)
-        try:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"state directory {path}: {exc.strerror}") from None
+        if create or path.exists():
+            try:
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"state directory {path}: {exc.strerror}") from None
+            from cockpit_api.store.statedir import check_private
+
+            check_private(path)  # StoreError: one line, exit 2
         if self.store_url is None:
             from cockpit_api.store import default_url
 
             self.store_url = default_url(path)
 
-    def _apply_toml(self, data: dict[str, Any]) -> None:
-        flat: dict[str, Any] = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
-        for section in ("server", "auth", "sim", "libvirt", "limits"):
-            flat.update(data.get(section, {}))
-        store = dict(data.get("store", {}))
-        if "url" in store:
-            store["store_url"] = store.pop("url")
-        flat.update(store)
-        known = set(self.__dataclass_fields__) - {"hosts", "users"}
-        for key, value in flat.items():
-            if key not in known:
-                raise ConfigError(f"unknown setting {key!r}")
-            setattr(self, key, value)
+    def _apply_toml(self, data: dict[str, Any], rows: dict[str, Setting], path: str) -> None:
+        by_key = {row.key(name): name for name, row in rows.items()}
+        found: list[tuple[str, Any, str]] = []
+        for key, value in data.items():
+            if key in ("hosts", "users"):
+                continue
+            if key in SECTIONS and isinstance(value, dict):
+                found += [(k, v, f"{path} [{key}]") for k, v in value.items()]
+            elif isinstance(value, dict):
+                raise ConfigError(f"{path}: unknown section [{key}] (sections: "
+                                  f"{', '.join(SECTIONS)})")
+            else:
+                found.append((key, value, path))
+        for key, value, source in found:
+            name = by_key.get(key)
+            if name is None:
+                raise ConfigError(f"{source}: unknown setting {key!r}")
+            self._set(name, rows[name], value, source)
         try:
             self.hosts = [HostConfig(**h) for h in data.get("hosts", [])]
             self.users = [UserConfig(**u) for u in data.get("users", [])]
         except TypeError as exc:
             raise ConfigError(f"[[hosts]] takes name and uri; [[users]] takes username, "
                               f"password_hash and role: {exc}") from None
-
-    def _apply_env(self, env: Any) -> None:
-        conversions: tuple[tuple[str, Callable[[str], Any]], ...] = (
-            ("backend", str), ("host", str), ("port", int), ("scenario", str),
-            ("speed", float), ("clock_start", float), ("jwt_secret", str), ("token_ttl", int),
-            ("refresh_ttl", int), ("state_file", str), ("tls_cert", str),
-            ("tls_key", str), ("log_format", str), ("access_log", _boolean),
-            ("metrics_token", str), ("sandbox_max", int), ("sandbox_ttl", int),
-            ("cors_origins", _csv), ("cors_allow_headers", _csv), ("cors_credentials", _boolean),
-            ("state_dir", str), ("store_url", str), ("max_failures_per_user", int),
-            ("max_failures_per_address", int), ("trusted_proxies", _csv),
-            ("max_streams_per_user", int), ("max_streams", int), ("stream_fd_headroom", int),
-            *((name, int) for name in _INT_LIMITS),
-            *((name, float) for name in _FLOAT_LIMITS))
-        for key, conv in conversions:
-            value = env.get(f"COCKPIT_{key.upper()}")
-            if value is not None:
-                try:
-                    setattr(self, key, conv(value))
-                except ValueError:
-                    kind = "boolean" if conv is _boolean else getattr(conv, "__name__", "value")
-                    raise ConfigError(f"COCKPIT_{key.upper()}={value!r} is not a {kind}") from None
 
     def _check(self) -> None:
         if self.backend not in ("sim", "libvirt"):
@@ -273,35 +527,23 @@ class Settings:
             raise ConfigError("TLS needs both tls_cert and tls_key (PEM files), or neither")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format is 'text' or 'json', not {self.log_format!r}")
-        for name in (*_INT_LIMITS, *_FLOAT_LIMITS):
-            value = getattr(self, name)
-            if (not isinstance(value, (int, float)) or isinstance(value, bool)
-                    or not 0 < value < math.inf):
-                raise ConfigError(f"{name} must be a positive number, not {value!r}")
-        if not 1 <= self.max_json_depth <= 1000:
-            # orjson, which checks bodies, stops at 1024 levels on its own.
-            raise ConfigError("max_json_depth must be between 1 and 1000")
-        for name in ("max_streams_per_user", "max_streams", "stream_fd_headroom"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
-        if not isinstance(self.trusted_proxies, list) or not all(
-                isinstance(p, str) and _is_address(p) for p in self.trusted_proxies):
+        # (max_json_depth stops at 1000 in SETTINGS: orjson, which checks bodies, stops at
+        # 1024 levels on its own.)
+        if not all(_is_address(p) for p in self.trusted_proxies):
             raise ConfigError("trusted_proxies is a list of IP addresses or networks "
                               "(e.g. [\"10.0.0.5\", \"10.1.0.0/16\"])")
-        if not 1 <= self.password_hash_workers <= 64 or self.password_hash_cache < 0:
-            raise ConfigError("password_hash_workers must be between 1 and 64, "
-                              "password_hash_cache >= 0")
         if self.sandbox_max < 0 or self.sandbox_ttl <= 0:
             raise ConfigError("sandbox_max must be >= 0 and sandbox_ttl positive")
+        if min(self.audit_max_rows, self.sandbox_audit_max_rows) < 0 or \
+                self.audit_reject_window <= 0 or not 0 <= self.refresh_grace <= 300:
+            raise ConfigError("audit_max_rows and sandbox_audit_max_rows must be >= 0, "
+                              "audit_reject_window positive, refresh_grace 0..300 s")
         if self.cors_credentials and "*" in self.cors_origins:
             # Browsers refuse credentials with a wildcard origin: name the origins.
             raise ConfigError("cors_credentials needs explicit cors_origins, not \"*\"")
 
 
 def _is_address(value: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
@@ -309,17 +551,9 @@ def _is_address(value: str) -> bool:
     return True
 
 
-def _boolean(value: str) -> bool:
-    word = value.strip().lower()
-    if word in ("1", "true", "yes", "on"):
-        return True
-    if word in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(value)
-
-
-def _csv(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
-_csv.__name__ = "comma-separated list"
+def _shown(value: Any, secret: bool) -> str:
+    """The wrong value, for the message: short, and never a secret."""
+    if secret:
+        return "a value that is not shown (it may be a secret)"
+    text = repr(value)
+    return text if len(text) <= 42 else text[:40] + "…"

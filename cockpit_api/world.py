@@ -34,7 +34,7 @@ def auth_settings(settings: Settings, secret: str | None) -> AuthSettings:
         secret, issuer=s.jwt_issuer, audience=s.jwt_audience, token_ttl=s.token_ttl,
         refresh_ttl=s.refresh_ttl, max_failures_per_user=s.max_failures_per_user,
         max_failures_per_address=s.max_failures_per_address, failure_window=s.failure_window,
-        audit_retention=s.audit_retention_days * 86400)
+        audit_retention=s.audit_retention_days * 86400, refresh_grace=s.refresh_grace)
 
 
 def build_services(settings: Settings, backend: Backend, users: list[User], *,

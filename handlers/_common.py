@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Callable, Iterable
+import hashlib
 from typing import Any
 
 import orjson
@@ -11,7 +10,7 @@ from connexion import context, request
 from starlette.responses import Response
 
 from cockpit_api.auth.service import Forbidden
-from cockpit_api.backends.base import Backend, Migration, Page, PageRequest
+from cockpit_api.backends.base import Backend, Page, PageRequest
 from cockpit_api.feed.changes import Feed, feed_of
 from cockpit_api.shapes import (  # noqa: F401  the handlers' shapes, from below the feed
     Json,
@@ -56,16 +55,15 @@ def feed() -> Feed:
     return feed_of(services_of(context.scope).backend)
 
 
-def state_tag(f: Feed, jobs: Iterable[Migration] = ()) -> str:
-    """A strong ETag from the state's version: the feed's stream and last event.
+def etag(data: bytes) -> str:
+    """A strong ETag of exactly these bytes: it changes when, and only when, the answer does.
 
-    Every change of a host or VM is an event, so the same tag means the same
-    answer. A running job's progress moves between events: its status and bytes
-    copied are part of the tag.
+    Tags used to be the whole world's feed position, so any change anywhere made every
+    cached resource stale; and they differed between two servers answering the same bytes.
     """
-    progress = [(m.id, m.status, m.progress.data_processed_bytes) for m in jobs]
-    tail = f"-{zlib.crc32(repr(progress).encode()):08x}" if progress else ""
-    return f'"{f.epoch}-{f.seq}{tail}"'
+    # SHA-256 (hardware-assisted here: 0.4 ms for a 1,000-VM page, faster than BLAKE2 or
+    # MD5), cut to 96 bits: plenty to tell one version of an answer from the next.
+    return f'"{hashlib.sha256(data).hexdigest()[:24]}"'
 
 
 def _matches(if_none_match: str, tag: str) -> bool:
@@ -75,15 +73,18 @@ def _matches(if_none_match: str, tag: str) -> bool:
     return any(t.strip().removeprefix("W/") == tag for t in if_none_match.split(","))
 
 
-def cached(build: Callable[[], Json], tag: str, position: str | None = None) -> Response:
+def cached(body: Json, position: str | None = None,
+           headers: dict[str, str] | None = None) -> Response:
     """200 with ``ETag`` (and ``X-Feed-Position`` for lists), or 304 if the client has it."""
-    headers = {"ETag": tag}
+    data = orjson.dumps(body)
+    tag = etag(data)
+    out = {**(headers or {}), "ETag": tag}
     if position is not None:
-        headers["X-Feed-Position"] = position
+        out["X-Feed-Position"] = position
     sent = request.headers.get("if-none-match")
     if sent is not None and _matches(sent, tag):
-        return Response(status_code=304, headers=headers)
-    return ok(build(), headers=headers)
+        return Response(status_code=304, headers=out)
+    return Response(data, 200, out, media_type="application/json")
 
 
 def require_admin() -> None:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 
 from starlette.responses import Response
 
 from cockpit_api.backends.base import InvalidArgument
-from cockpit_api.handlers._common import Json, iso, ok, require_admin, services
+from cockpit_api.handlers._common import Json, cached, iso, require_admin, services
 from cockpit_api.store import AuditEntry
 
 _PREFIX = "audit:"
+# An entry id as _cursor writes it: ASCII digits, no sign, no leading zero, at most 18
+# digits (str.isdigit takes "٣" and int() reads it; a 64-bit column holds 18 digits).
+_ID = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def _cursor(entry_id: int) -> str:
@@ -29,7 +33,7 @@ def _before(cursor: str | None) -> int | None:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text.startswith(_PREFIX) and text[len(_PREFIX):].isdigit():
+        if text.startswith(_PREFIX) and _ID.fullmatch(text[len(_PREFIX):]):
             return int(text[len(_PREFIX):])
     except (binascii.Error, ValueError, UnicodeDecodeError):
         pass
@@ -41,7 +45,7 @@ def _entry(e: AuditEntry) -> Json:
     return {"id": e.id, "at": iso(e.at), "actor": e.actor, "role": e.role,
             "address": e.address, "operation": e.operation, "method": e.method,
             "path": e.path, "status": e.status, "request_id": e.request_id,
-            "dry_run": e.dry_run}
+            "dry_run": e.dry_run, "count": e.count}
 
 
 async def list_audit(limit: int = 100, cursor: str | None = None) -> Response:
@@ -52,5 +56,5 @@ async def list_audit(limit: int = 100, cursor: str | None = None) -> Response:
     rows = await asyncio.to_thread(store.audit_page, limit + 1, before)
     page = rows[:limit]
     more = len(rows) > limit and page[-1].id is not None
-    return ok({"entries": [_entry(e) for e in page],
-               "next_cursor": _cursor(page[-1].id) if more and page[-1].id else None})
+    return cached({"entries": [_entry(e) for e in page],
+                   "next_cursor": _cursor(page[-1].id) if more and page[-1].id else None})

@@ -8,7 +8,7 @@ from connexion import context, request
 from starlette.responses import Response
 
 from cockpit_api.auth.service import TokenPair
-from cockpit_api.handlers._common import Json, iso, no_content, ok, services
+from cockpit_api.handlers._common import Json, cached, iso, no_content, ok, services
 from cockpit_api.state import audit_note
 
 
@@ -41,5 +41,5 @@ async def logout(body: Json) -> Response:
 
 async def get_me() -> Response:
     info = context.context.get("token_info") or {}
-    return ok({"username": info["sub"], "role": info["role"], "expires_at": iso(info["exp"])},
-              headers={"Cache-Control": "no-store"})
+    return cached({"username": info["sub"], "role": info["role"],
+                   "expires_at": iso(info["exp"])}, headers={"Cache-Control": "no-store"})

@@ -12,17 +12,20 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import orjson
 from connexion import context, request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from cockpit_api.auth.service import AuthError, AuthService
-from cockpit_api.feed.changes import Feed, Filter, Resume, StreamSlot, feed_of
+from cockpit_api.feed.changes import Event, Feed, Filter, Resume, StreamSlot, feed_of
 from cockpit_api.handlers._common import ok, services
 from cockpit_api.state import Services
 
 _POLL_LIMIT = 1000  # events per long-poll answer; `position` says where to continue
 _GONE = b": the sandbox was deleted or expired\n\n"
+# On shutdown, how long EventSource waits before reconnecting (to the restarted server).
+SHUTDOWN_RETRY_MS = 1000
 
 
 def _token(ticket: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -137,7 +140,7 @@ def _long_poll(feed: Feed, auth: AuthService, token: str, flt: Filter, resume: R
                         if events:
                             break
                     left = deadline - loop.time()
-                    if not left > 0:
+                    if not left > 0 or feed.closing:  # closing: the server is stopping
                         break
                     await feed.wait(seq, left)
         return ok({"events": events, "position": f"{feed.epoch}-{seq}"},
@@ -234,6 +237,15 @@ def _body(chunk: bytes) -> dict[str, Any]:
     return {"type": "http.response.body", "body": chunk, "more_body": True}
 
 
+def _shutdown_frame(feed: Feed, seq: int) -> bytes:
+    """The last frame before the server stops: reconnect after ``retry`` ms (with
+    Last-Event-ID, this stream's position); the next server resumes or resets it."""
+    position = f"{feed.epoch}-{seq}"
+    data = orjson.dumps({"reason": "shutdown", "position": position})
+    return b"retry: %d\n%s" % (SHUTDOWN_RETRY_MS,
+                               Event(seq, position, "reset", data).frame())
+
+
 def _stream(feed: Feed, auth: AuthService, token: str, flt: Filter, resume: Resume,
             alive: Callable[[], bool]) -> Callable[[Send], Coroutine[Any, Any, None]]:
     async def run(send: Send) -> None:
@@ -261,6 +273,9 @@ def _stream(feed: Feed, auth: AuthService, token: str, flt: Filter, resume: Resu
                 if chunk:
                     await send(_body(chunk))
                     last_sent = now
+                if feed.closing:
+                    await send(_body(_shutdown_frame(feed, seq)))
+                    return
                 if now >= next_check:  # the session may have been logged out since
                     expires = _expiry(auth, token)
                     next_check = now + feed.session_check_seconds

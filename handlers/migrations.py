@@ -16,7 +16,6 @@ from cockpit_api.handlers._common import (
     page_request,
     require_admin,
     root_path,
-    state_tag,
 )
 
 
@@ -43,13 +42,12 @@ async def list_migrations(limit: int = 100, cursor: str | None = None, vm_id: st
     flt = MigrationFilter(vm_id=vm_id, status=status)  # type: ignore[arg-type]
     page = await backend().list_migrations(page_request(limit, cursor), flt)
     f = feed()  # read after the list: the position covers what the list shows
-    return cached(lambda: page_json("migrations", page, migration_json),
-                  state_tag(f, page.items), f.position())
+    return cached(page_json("migrations", page, migration_json), f.position())
 
 
 async def get_migration(migration_id: str) -> Response:
     job = await backend().get_migration(migration_id)
-    return cached(lambda: migration_json(job), state_tag(feed(), [job]))
+    return cached(migration_json(job))
 
 
 async def cancel_migration(migration_id: str) -> Response:

@@ -14,7 +14,6 @@ from cockpit_api.handlers._common import (
     page_json,
     page_request,
     require_admin,
-    state_tag,
     vm_json,
 )
 
@@ -24,13 +23,13 @@ async def list_vms(limit: int = 100, cursor: str | None = None, host_id: str | N
     flt = VmFilter(host_id=host_id, status=status)  # type: ignore[arg-type]
     page = await backend().list_vms(page_request(limit, cursor), flt)
     f = feed()  # read after the list: the position covers what the list shows
-    return cached(lambda: page_json("vms", page, vm_json), state_tag(f), f.position())
+    return cached(page_json("vms", page, vm_json), f.position())
 
 
 # The reference names the path parameter `id`; Connexion passes it by that name.
 async def get_vm(id: str) -> Response:  # noqa: A002
     vm = await backend().get_vm(id)
-    return cached(lambda: vm_json(vm), state_tag(feed()))
+    return cached(vm_json(vm))
 
 
 async def vm_action(id: str, body: Json, dry_run: bool = False) -> Response:  # noqa: A002

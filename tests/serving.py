@@ -57,6 +57,7 @@ class Server:
     base: str
     pid: int
     _log: IO[str]
+    proc: subprocess.Popen[str] | None = None  # to signal it and wait for its exit
 
     def log(self) -> str:
         """Everything the server printed so far."""
@@ -89,7 +90,7 @@ def serve_process(argv: list[str], port: int, timeout: float = 30.0, *, scheme: 
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(argv, cwd=cwd, env=full, stdout=log, stderr=subprocess.STDOUT,
                             text=True)
-    server = Server(f"{scheme}://127.0.0.1:{port}", proc.pid, log)
+    server = Server(f"{scheme}://127.0.0.1:{port}", proc.pid, log, proc)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -3,7 +3,9 @@
 - openapi-python-client generates a Python client, which then makes each call of
   the reference against `cockpit-api serve` over loopback;
 - openapi-typescript generates TypeScript types, and `tsc --strict` compiles a
-  typed use of them (tests/data/client_use.ts).
+  typed use of them (tests/data/client_use.ts);
+- five generators (orval, hey-api, openapi-typescript; openapi-python-client and
+  datamodel-code-generator under mypy) type every nullable reference as "X or null".
 
 A spec change that breaks either fails here.
 """
@@ -11,6 +13,8 @@ A spec change that breaks either fails here.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -149,3 +153,98 @@ def test_tsc_catches_a_broken_use(tmp_path: Path) -> None:
     proc = subprocess.run([str(tsc), "--strict", "--noEmit", str(tmp_path / "bad.ts")],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0 and "destination" in proc.stdout
+
+
+# Each TypeScript generator's Vm and MigrationId, and a use that compiles only when
+# `migration_id` is exactly `MigrationId | null`, i.e. `string | null` (not any, not a
+# union with a stray member).
+TS_NULLABLE_USE = """\
+{imports}
+type Exact<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+type NotAny<T> = 0 extends 1 & T ? false : true;
+export const exact: Exact<Vm["migration_id"], MigrationId | null> = true;
+export const typed: NotAny<Vm["migration_id"]> = true;
+export const plain: Exact<MigrationId, string> = true;
+export function moving(vm: Vm): string {{
+  return vm.migration_id === null ? "idle" : vm.migration_id.toUpperCase();
+}}
+"""
+TS_GENERATORS: dict[str, tuple[list[str], str]] = {
+    # name: (command after the spec path's placeholder, the import lines for the use)
+    "orval": (["orval", "--input", "{spec}", "--output", "{out}/orval/api.ts", "--client",
+               "fetch"],
+              'import type { Vm, MigrationId } from "./orval/api";'),
+    "hey-api": (["openapi-ts", "--input", "{spec}", "--output", "{out}/hey", "--silent"],
+                'import type { Vm, MigrationId } from "./hey/types.gen";'),
+    "openapi-typescript": (["openapi-typescript", "{spec}", "-o", "{out}/ot.ts"],
+                           'import type { components } from "./ot";\n'
+                           'type Vm = components["schemas"]["Vm"];\n'
+                           'type MigrationId = components["schemas"]["MigrationId"];'),
+}
+PY_NULLABLE_USE = """\
+from typing import assert_type
+
+from {module} import Vm
+
+
+def moving(vm: Vm) -> str:
+    assert_type(vm.migration_id, {expected})
+    return "idle" if vm.migration_id is None else {text}
+"""
+
+
+def test_typescript_generators_type_nullable_references(tmp_path: Path) -> None:
+    """orval (7.13 wrote `MigrationId |  | null` for the anyOf-with-null form: TS1110),
+    hey-api and openapi-typescript; the generated code and a typed use under `tsc --strict`."""
+    tsc = NODE_BIN / "tsc"
+    if not tsc.exists() or not all((NODE_BIN / cmd[0]).exists()
+                                   for cmd, _ in TS_GENERATORS.values()):
+        pytest.skip("orval / @hey-api/openapi-ts / openapi-typescript not installed: npm ci")
+    sources = []
+    for name, (cmd, imports) in TS_GENERATORS.items():
+        argv = [str(NODE_BIN / cmd[0]),
+                *(a.format(spec=ROOT / "openapi.yaml", out=tmp_path) for a in cmd[1:])]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert proc.returncode == 0, f"{name}: {proc.stdout}{proc.stderr}"
+        use = tmp_path / f"use_{name.replace('-', '_')}.ts"
+        use.write_text(TS_NULLABLE_USE.format(imports=imports))
+        sources.append(str(use))
+    # Everything generated is compiled too (orval's fetch client, hey-api's SDK), in one run.
+    sources += [str(tmp_path / "orval" / "api.ts"), str(tmp_path / "hey" / "index.ts")]
+    proc = subprocess.run(
+        [str(tsc), "--strict", "--noEmit", "--target", "es2022", "--module", "es2022",
+         "--moduleResolution", "bundler", *sources],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_python_generators_type_nullable_references(pyclient: ModuleType,
+                                                    tmp_path: Path) -> None:
+    """datamodel-code-generator (pydantic models) and openapi-python-client, under mypy."""
+    generator = shutil.which("datamodel-codegen")
+    if generator is None:
+        pytest.skip("datamodel-code-generator is not installed (the test extra installs it)")
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip("mypy is not installed (the lint extra installs it)")
+    # --strict-nullable: its documented switch for OpenAPI 3.0's `nullable` on required fields
+    # (without it every required field is typed non-null, whatever the spec says);
+    # --field-constraints: `str` with Field(pattern=...), which mypy reads, not constr(...).
+    proc = subprocess.run(
+        [generator, "--input", str(ROOT / "openapi.yaml"), "--input-file-type", "openapi",
+         "--output", str(tmp_path / "dm_models.py"), "--output-model-type",
+         "pydantic_v2.BaseModel", "--strict-nullable", "--field-constraints",
+         "--formatters", "black",
+         "--target-python-version", "3.11"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (tmp_path / "use_dm.py").write_text(PY_NULLABLE_USE.format(
+        module="dm_models", expected="str | None", text="vm.migration_id"))
+    (tmp_path / "use_opc.py").write_text(PY_NULLABLE_USE.format(
+        module="cockpit_client.models", expected="str | None", text="vm.migration_id"))
+    client_dir = Path(pyclient.__file__).parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports",
+         "silent", "--python-version", "3.11", "use_dm.py", "use_opc.py"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": str(client_dir)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr

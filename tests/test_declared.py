@@ -95,8 +95,8 @@ def test_the_served_spec_keeps_its_refs_and_names(client: TestClient) -> None:
         "$ref": "#/components/schemas/VmAction"}
     assert schemas["Migration"]["properties"]["copy_storage"] == {
         "$ref": "#/components/schemas/CopyStorage"}
-    assert {"$ref": "#/components/schemas/MigrationId"} in \
-        schemas["Vm"]["properties"]["migration_id"]["anyOf"]
+    assert schemas["Vm"]["properties"]["host_id"]["allOf"] == [
+        {"$ref": "#/components/schemas/Uuid"}]
     assert schemas["Problem"]["properties"]["code"] == {"$ref": "#/components/schemas/ProblemCode"}
     assert yaml.safe_load(client.get("/api/v1/openapi.yaml").text) == served
     control = client.get("/_sim/openapi.json").json()
@@ -145,3 +145,36 @@ def test_the_prose_says_what_the_server_does(client: TestClient,
     r = client.post(f"/api/v1/vms/{vm['id']}/action", json={"action": "stop"}, headers=admin)
     assert (r.status_code, r.json()["code"]) == (503, "host_disconnected")
     assert int(r.headers["retry-after"]) > 0
+
+
+def _schemas_in(node: Any, where: str = "") -> Any:
+    if isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            yield from _schemas_in(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _schemas_in(value, f"{where}/{i}")
+
+
+@pytest.mark.parametrize("path", [SPEC, CONTROL, ROOT / "cockpit_api" / "ops.yaml"],
+                         ids=lambda p: p.name)
+def test_every_nullable_schema_says_its_type(path: Path) -> None:
+    """OpenAPI 3.0.3: `nullable` acts only beside a `type`; strict tools read allOf +
+    nullable as not nullable, and a null-only anyOf branch (`enum: [null]`) made orval
+    emit `X |  | null`. A nullable reference is written out (Vm.migration_id)."""
+    for where, node in _schemas_in(_load(path)):
+        if node.get("nullable"):
+            assert "type" in node and not {"$ref", "allOf", "anyOf", "oneOf"} & set(node), \
+                f"{path.name}{where}"
+        for key in ("anyOf", "oneOf"):
+            for branch in node.get(key, []):
+                assert branch.get("enum") != [None], f"{path.name}{where}: a null-only branch"
+
+
+def test_a_vms_migration_id_is_a_migration_id_or_null() -> None:
+    schemas = _load(SPEC)["components"]["schemas"]
+    written = dict(schemas["Vm"]["properties"]["migration_id"])
+    assert written.pop("nullable") is True
+    for key in ("type", "pattern", "minLength", "maxLength"):
+        assert written[key] == schemas["MigrationId"][key], key

@@ -372,8 +372,10 @@ def test_long_poll_reset() -> None:
 # ----------------------------------------------------------------------- ETag, whoami
 
 
+# Starting a VM changes these (its host's sync_cursor too); tags move with their own answer
+# only (tests/test_etags.py), so the migrations list, untouched, keeps its tag.
 @pytest.mark.parametrize("path", ["/api/v1/hosts", f"/api/v1/hosts/{NODE1}", "/api/v1/vms",
-                                  f"/api/v1/vms/{OFF_VM}", "/api/v1/migrations"])
+                                  f"/api/v1/vms/{OFF_VM}"])
 def test_if_none_match_round_trip(path: str) -> None:
     async def body(env: Env) -> None:
         r = await env.http.get(path, headers=env.h)

@@ -183,6 +183,35 @@ def test_validation_problems_point_at_each_field(client: TestClient,
     ]
 
 
+def test_anyof_and_oneof_problems_name_the_field_and_the_shapes(
+        client: TestClient, admin: dict[str, str]) -> None:
+    """They said "does not match any allowed combination of values", naming neither; and
+    when one shape fits the value's type, what is wrong inside it follows. Never the value."""
+    shapes = "must be a string matching ^[A-Za-z0-9_-]{1,64}$ or an object"
+    long_name = "x" * 500 + "!"
+    cases: list[tuple[object, list[tuple[str, str]]]] = [
+        (5, [("/body/scenario", shapes)]),
+        (long_name, [("/body/scenario", shapes),
+                     ("/body/scenario", "must match ^[A-Za-z0-9_-]{1,64}$")]),
+        ({"hosts": 5}, [("/body/scenario", shapes),
+                        ("/body/scenario/hosts", "must be of type array")]),
+        ({"y" * 300: 1}, [("/body/scenario", shapes),
+                          ("/body/scenario/" + "y" * 39 + "…", "is not allowed")]),
+    ]
+    for scenario, errors in cases:
+        r = client.post("/_sim/sandboxes", json={"scenario": scenario}, headers=admin)
+        assert r.status_code == 400, r.text
+        problem = r.json()
+        assert [(e["pointer"], e["detail"]) for e in problem["errors"]] == errors
+        assert problem["detail"].startswith(f"/body/scenario: {shapes}")
+        assert "x" * 41 not in r.text and "y" * 41 not in r.text
+    r = client.post("/_sim/faults", json={"operation": "action", "mode": "fail"}, headers=admin)
+    assert r.status_code == 400
+    assert r.json()["errors"] == [{"pointer": "/body", "detail":
+                                   "must be an object whose operation is migrate or an object "
+                                   "whose mode is reject"}]
+
+
 def test_a_valid_chunked_body_works(client: TestClient, admin: dict[str, str]) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"destination_host_id": '

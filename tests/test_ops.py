@@ -292,7 +292,7 @@ def test_the_new_settings_from_the_environment() -> None:
                            "COCKPIT_TLS_KEY": "k.pem"})
     assert (s.log_format, s.access_log, s.metrics_token, s.tls_cert, s.tls_key) == (
         "json", True, "t", "c.pem", "k.pem")
-    with pytest.raises(ConfigError, match="COCKPIT_ACCESS_LOG='maybe' is not a boolean"):
+    with pytest.raises(ConfigError, match="access_log from COCKPIT_ACCESS_LOG: expected a boolean"):
         Settings.load(env={"COCKPIT_ACCESS_LOG": "maybe"})
     with pytest.raises(ConfigError, match="both tls_cert and tls_key"):
         Settings.load(env={"COCKPIT_TLS_CERT": "c.pem"})

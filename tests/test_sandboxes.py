@@ -61,7 +61,7 @@ def test_create_list_get_delete(client: TestClient, admin: dict[str, str]) -> No
     assert client.delete(f"/_sim/sandboxes/{box['id']}", headers=admin).status_code == 204
     r = client.get(f"{base}{API}/vms", headers=h)
     assert r.status_code == 404 and r.json()["code"] == "sandbox_not_found"
-    assert box["id"] in r.json()["detail"]
+    assert box["id"] not in r.text  # what the client sent is not quoted back
     assert client.delete(f"/_sim/sandboxes/{box['id']}", headers=admin).status_code == 404
     assert client.get(f"/_sim/sandboxes/{box['id']}", headers=admin).status_code == 404
     assert client.get("/sandboxes/0123456789abcdef/_sim/state").status_code == 404
@@ -238,6 +238,23 @@ def test_specs_and_ui_point_at_the_sandbox(client: TestClient, admin: dict[str, 
     assert client.get(f"{base}/_sim/openapi.json").json()["servers"] == [{"url": f"{base}/_sim"}]
     assert client.get(f"{base}{API}/ui/").status_code == 200
     assert client.get(f"{API}/openapi.json").json()["servers"] == [{"url": API}]
+
+
+def test_a_gone_sandboxs_specs_answer_404(client: TestClient, admin: dict[str, str]) -> None:
+    """Unknown or deleted: its specs are 404 sandbox_not_found like its other URLs, and the
+    answer quotes neither the id nor the path (issue 22: they answered 200, id in servers)."""
+    box = _new(client, admin)
+    assert client.delete(f"/_sim/sandboxes/{box['id']}", headers=admin).status_code == 204
+    for sid in (box["id"], "0123456789abcdef", "<script>x</script>"):
+        for spec in (f"{API}/openapi.json", f"{API}/openapi.yaml", "/_sim/openapi.json",
+                     "/_sim/openapi.yaml"):
+            for method in (client.get, client.head):
+                r = method(f"/sandboxes/{sid}{spec}")
+                assert r.status_code == 404, (sid, spec, r.text)
+                assert r.headers["content-type"] == "application/problem+json"
+                if method is client.get:
+                    assert r.json()["code"] == "sandbox_not_found"
+                    assert sid not in r.text and "script" not in r.text
 
 
 def test_405_under_a_sandbox_names_every_method(client: TestClient,

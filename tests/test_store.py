@@ -59,7 +59,7 @@ def test_the_migrations_make_the_schema_the_code_expects(store: SqlStore) -> Non
 
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0002"
+        assert ctx.get_current_revision() == "0003"
         assert compare_metadata(ctx, metadata) == []
 
 

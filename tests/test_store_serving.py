@@ -62,7 +62,7 @@ def test_a_restart_keeps_sessions(tmp_path: Path, engine: str,
         assert r.status_code == 200, r.text
         assert _get_vms(base, r.json()["token"]) == 200
     if engine == "sqlite":
-        assert sorted(p.name for p in (tmp_path / "state").iterdir())[0] == "store.db"
+        assert "store.db" in {p.name for p in (tmp_path / "state").iterdir()}
 
 
 def test_serve_with_no_options_writes_only_its_state_dir(tmp_path: Path) -> None:
@@ -108,10 +108,13 @@ def test_two_replicas_on_one_postgresql_are_one_server(postgres: Postgres) -> No
         # A token issued by one is accepted by the other.
         first = _login(a)
         assert _get_vms(b, first["token"]) == 200
-        # A refresh on B rotates A's family; reuse on A revokes it everywhere.
+        # A refresh on B rotates A's family; its retry on A (within the grace) gets a new
+        # pair once; a second retry is reuse, and revokes the family everywhere.
         r = httpx.post(f"{b}{B}/auth/refresh", json={"refresh_token": first["refresh_token"]})
         assert r.status_code == 200
         second = r.json()
+        r = httpx.post(f"{a}{B}/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert r.status_code == 200 and r.json()["refresh_token"] != second["refresh_token"]
         r = httpx.post(f"{a}{B}/auth/refresh", json={"refresh_token": first["refresh_token"]})
         assert r.status_code == 401 and r.json()["code"] == "refresh_token_reused"
         assert _get_vms(a, second["token"]) == 401
@@ -139,9 +142,14 @@ def test_two_replicas_on_one_postgresql_are_one_server(postgres: Postgres) -> No
         r = httpx.get(f"{b}{B}/audit", headers={"Authorization": f"Bearer {token}"},
                       params={"limit": 1000})
         logins = [e for e in r.json()["entries"] if e["operation"] == "login"]
-        # first, third, 5 wrong, the throttled one, and the one that got this token
-        assert len(logins) == 9, logins
-        assert {e["status"] for e in logins} == {200, 401, 429}
+        # first, third, and the one that got this token a row each; the 5 wrong and the
+        # throttled one counted (unauthenticated rejects: one row per window and status)
+        # (a minute's boundary may split them into two rows: the counts add up)
+        counts: dict[int, int] = {}
+        for e in logins:
+            counts[e["status"]] = counts.get(e["status"], 0) + e["count"]
+        assert counts == {200: 3, 401: 5, 429: 1}, logins
+        assert all(e["count"] == 1 for e in logins if e["status"] == 200), logins
 
 
 def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -388,7 +388,9 @@ class SimulatedBackend:
         self._settle()
         host = self._s.inv.get_host(host_id)
         now = self.now()
-        members = self._s.host_members.get(host_id, set())
+        # Sorted: float sums depend on their order, and a set's order on the process's hash
+        # seed (two servers with the same seed and clock answered 5.72 and 5.73).
+        members = sorted(self._s.host_members.get(host_id, ()))
         copies = [j.copy for j in self._s.jobs.values() if j.copy is not None
                   and host_id in (j.copy.source, j.copy.destination)]
         points = []

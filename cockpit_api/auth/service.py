@@ -11,7 +11,9 @@ replica and within ``revocation_poll`` seconds on the others.
 Refresh tokens are ``<family>.<secret>``: the store keeps only the SHA-256 of a
 family's current token, and each refresh rotates it. A token of a live family
 that is not its current one was already spent: someone holds a copy, and the
-whole session is revoked (OAuth 2.0 security BCP). Spent tokens are not kept.
+whole session is revoked (OAuth 2.0 security BCP). Spent tokens are not kept,
+except the digest of the one the last refresh replaced, for ``refresh_grace``
+seconds: a retry of a refresh whose answer was lost gets a new pair, once.
 
 Throttling (OWASP): every attempt is counted in the store *before* the password
 is checked, atomically, per (user, address) and per address. A user's failures
@@ -49,7 +51,7 @@ from typing import Any, TypeVar
 
 import jwt
 
-from cockpit_api.store import MEMORY_URL, Session, Store, StoreUnavailable, open_store
+from cockpit_api.store import KEYS_CHANGED, MEMORY_URL, Session, Store, StoreUnavailable, open_store
 
 ALGORITHM = "HS256"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -183,6 +185,9 @@ class AuthSettings:
     leeway: int = 30
     # How long audit entries are kept (the upkeep below prunes them too).
     audit_retention: int = 90 * 86400
+    # Seconds after a rotation in which a retry of the replaced refresh token (its answer
+    # was lost) gets a new pair once, instead of revoking the session as reuse; 0: never.
+    refresh_grace: float = 10.0
 
 
 def _config_kid(secret: str) -> str:
@@ -227,11 +232,14 @@ class AuthService:
         self._revoked: dict[str, float] = {}
         self._revoked_since = self.clock() - settings.token_ttl - settings.leeway
         self._store_down = False
-        with contextlib.suppress(StoreUnavailable):
-            self.poll_revocations()
+        self._keys_changed: str | None = None
         # Verified access tokens, so a client reusing its token costs one dict
         # lookup instead of an HMAC and a JSON parse per request.
         self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        with contextlib.suppress(StoreUnavailable):
+            if settings.secret is None:
+                self._keys_changed = self.store.kv_get(KEYS_CHANGED)
+            self.poll_revocations()
         self._task: asyncio.Task[None] | None = None
 
     # --------------------------------------------------------------- keys
@@ -259,6 +267,30 @@ class AuthService:
                                       self.clock() + s.token_ttl + s.leeway + 120)
         self._load_keys()
         return self._current_kid
+
+    def current_kid(self) -> str:
+        """The kid that signs new tokens, as the store says now."""
+        if self.settings.secret is None:
+            self._load_keys()
+        return self._current_kid
+
+    def revoke_key(self, kid: str) -> bool:
+        """Retire a (leaked) key at once: tokens it signed are refused everywhere, within
+        a revocation poll (a second). False: no such key in the store."""
+        if self.settings.secret is not None:
+            raise ValueError("the signing key is configured (jwt_secret): change it there")
+        return self.store.revoke_signing_key(kid, self.clock())
+
+    def _poll_keys(self) -> None:
+        """Drop the keys revoked elsewhere (``rotate-key --revoke``), and the tokens they
+        signed from the verified-token cache."""
+        if self.settings.secret is not None:
+            return
+        changed = self.store.kv_get(KEYS_CHANGED)
+        if changed != self._keys_changed:
+            self._keys_changed = changed
+            self._load_keys()
+            self._verified.clear()
 
     def _key_for(self, kid: str | None) -> str | None:
         if kid is None:
@@ -328,15 +360,17 @@ class AuthService:
             raise AuthError("the refresh token is not valid", "invalid_refresh_token")
         new = f"{family}.{secrets.token_urlsafe(32)}"
         rot = self.store.rotate_refresh(family, _digest(refresh_token), _digest(new), now,
-                                        now + s.refresh_ttl)
+                                        now + s.refresh_ttl, grace=s.refresh_grace)
         if rot.outcome == "reused":
             # A spent token came back: someone holds a copy. The session is revoked.
             if rot.session is not None:
                 self._revoked[rot.session.sid] = now
             raise AuthError("the refresh token was already used; its session is revoked",
                             "refresh_token_reused")
-        if rot.outcome != "rotated" or rot.session is None:
+        if rot.outcome not in ("rotated", "retried") or rot.session is None:
             raise AuthError("the refresh token is not valid", "invalid_refresh_token")
+        if rot.outcome == "retried":
+            log.info("refresh retried within the grace: session %s continues", rot.session.sid)
         user = self.users.get(rot.session.username)
         if user is None:
             self._revoke(family, now, "user_removed")
@@ -378,6 +412,7 @@ class AuthService:
         for sid, at in self.store.revocations_since(since):
             self._revoked[sid] = at
             self._revoked_since = max(self._revoked_since, at)
+        self._poll_keys()
 
     def prune(self) -> None:
         """Bounded tables: sessions, counters and the revoked set forget what is over."""

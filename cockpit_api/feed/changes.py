@@ -321,6 +321,8 @@ class Feed:
         # Set when the world is gone (a sandbox deleted or expired): every stream and long
         # poll on it ends at its next wake-up, which close() brings at once.
         self.closed = False
+        # The server is stopping (close_streams): streams end with a last event, polls answer.
+        self.closing = False
 
     # ------------------------------------------------------------------ positions
 
@@ -534,6 +536,11 @@ class Feed:
     def subscribers(self) -> int:
         return self._subscribers
 
+    def close_streams(self) -> None:
+        """The server is stopping: wake every subscriber, to end now (handlers/events.py)."""
+        self.closing = True
+        self.pulse()
+
     async def next(self, seq: int) -> None:
         """Until there are events after ``seq``, or the next pulse."""
         loop = self._bind()
@@ -551,7 +558,7 @@ class Feed:
         deadline = loop.time() + max(0.0, timeout)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
-                while self._seq <= seq and not self.closed:
+                while self._seq <= seq and not self.closed and not self.closing:
                     await self.next(seq)
         return self._seq > seq
 

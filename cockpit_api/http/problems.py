@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from cockpit_api.auth.service import AuthError, Throttled
 from cockpit_api.backends.base import BackendError, Unavailable
 from cockpit_api.http.served_spec import CONTROL_SPEC, SPEC
-from cockpit_api.state import MISSING_SANDBOX, SANDBOX_PREFIX, well_formed_id
+from cockpit_api.state import MISSING_SANDBOX, SANDBOX_PREFIX
 
 log = logging.getLogger("cockpit_api")
 
@@ -156,12 +156,9 @@ def on_http_exception(request: ConnexionRequest, exc: Exception) -> ConnexionRes
     assert isinstance(exc, HTTPException)
     missing = request.scope.get(MISSING_SANDBOX)
     if missing is not None and exc.status_code == 404:
-        # The id is quoted only when it is shaped like ours: a path of 32 KiB, NUL or
-        # bidi controls is never echoed (neither in detail nor in instance).
-        if well_formed_id(missing):
-            return problem(404, f"no sandbox {missing}: it expired or was deleted",
-                           code="sandbox_not_found", instance=_path(request))
-        return problem(404, "no such sandbox: a sandbox id is 16 hex digits, and this is not",
+        # Neither the id nor the path is quoted back: it is whatever the client sent (32 KiB,
+        # NUL, bidi controls), and the client knows which URL it asked for.
+        return problem(404, "no such sandbox: it expired, was deleted or never existed",
                        code="sandbox_not_found")
     headers = dict(exc.headers or {})
     if exc.status_code == 405:

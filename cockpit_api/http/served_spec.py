@@ -18,6 +18,8 @@ import orjson
 import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cockpit_api.state import MISSING_SANDBOX
+
 # The package holds the specs (openapi.yaml: a symlink to the repository's in a checkout, a
 # copy in the wheel), so an installed server finds them wherever it is started.
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -40,7 +42,11 @@ class RawSpecs:
         self._cache: dict[tuple[str, str, str], bytes] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+        # Under /sandboxes/{id} with no such sandbox (unknown, expired, deleted), the spec is
+        # not served: the request goes on to its 404 sandbox_not_found, like every other URL
+        # of the gone sandbox.
+        if (scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
+                and MISSING_SANDBOX not in scope):
             # ASGI: ``path`` includes ``root_path`` (a sandbox's /sandboxes/{id} is both);
             # an app mounted under a prefix by a server may send it without.
             path: str = scope["path"]

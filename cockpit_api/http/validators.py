@@ -71,17 +71,73 @@ def _describe(error: ValidationError) -> str:
         "minItems": lambda: f"must hold at least {_plural(v, 'item')}",
         "uniqueItems": lambda: "must not repeat an item",
         "multipleOf": lambda: f"must be a multiple of {v}",
-        "anyOf": lambda: "does not match any allowed combination of values",
-        "oneOf": lambda: "does not match exactly one allowed combination of values",
+        "anyOf": lambda: "must be " + _alternatives(v),
+        "oneOf": lambda: ("must be exactly one of " if not error.context else "must be ")
+        + _alternatives(v),
         "not": lambda: "is not allowed",
         "maxProperties": lambda: f"must hold at most {_plural(v, 'property')}",
         "minProperties": lambda: f"must hold at least {_plural(v, 'property')}",
     }.get(str(error.validator), lambda: f"is not valid ({error.validator})")()
 
 
+_ARTICLES = {"string": "a string", "integer": "an integer", "number": "a number",
+             "boolean": "a boolean", "array": "an array", "object": "an object"}
+
+
+def _shape(schema: Any) -> str:
+    """One branch of an anyOf/oneOf in words, from the schema alone (never the value)."""
+    if not isinstance(schema, dict):
+        return "a value"
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    kind = schema.get("type")
+    words = schema.get("title") or _ARTICLES.get(str(kind), "a value")
+    if kind == "object" and "title" not in schema and schema.get("required"):
+        words += " with " + ", ".join(schema["required"])
+    if "pattern" in schema:
+        words += f" matching {schema['pattern']}"
+    if kind is None and isinstance(schema.get("properties"), dict):
+        # A branch that only constrains properties (`mode: fail` needs `operation: migrate`).
+        fixed = [f"{name} is " + ("" if len(sub["enum"]) == 1 else "one of ")
+                 + ", ".join(map(str, sub["enum"]))
+                 for name, sub in schema["properties"].items()
+                 if isinstance(sub, dict) and isinstance(sub.get("enum"), list)]
+        if fixed:
+            words = "an object whose " + " and ".join(fixed)
+    return words
+
+
+def _alternatives(branches: Any) -> str:
+    shapes = [_shape(b) for b in branches] if isinstance(branches, list) else []
+    if not shapes:
+        return "one of the allowed shapes"
+    return ", ".join(shapes[:-1]) + (" or " if len(shapes) > 1 else "") + shapes[-1]
+
+
+def _fitting_branch(error: ValidationError) -> list[ValidationError]:
+    """The errors inside the one branch whose type the value has, if only one has it:
+    a scenario sent as an object is told what is wrong in the object."""
+    branches = error.validator_value if isinstance(error.validator_value, list) else []
+    misfits = {e.relative_schema_path[0] for e in error.context or ()
+               if e.validator in ("type", "enum") and not e.relative_path
+               and len(e.relative_schema_path) == 2}
+    fitting = [i for i in range(len(branches)) if i not in misfits]
+    if len(fitting) != 1 or len(branches) < 2:
+        return []
+    return [e for e in error.context or () if e.relative_schema_path[0] == fitting[0]]
+
+
 def field_errors(error: ValidationError, prefix: str) -> list[FieldError]:
-    """One ValidationError as pointer/detail pairs (required and extra properties name theirs)."""
+    """One ValidationError as pointer/detail pairs (required and extra properties name theirs).
+
+    An anyOf/oneOf names the shapes it allows; when the value has the type of just one of
+    them, what is wrong inside that one follows."""
     where = list(error.absolute_path)
+    if error.validator in ("anyOf", "oneOf"):
+        errors = [{"pointer": _pointer(prefix, where), "detail": _describe(error)}]
+        for inner in _fitting_branch(error):
+            errors += field_errors(inner, prefix)
+        return errors
     if error.validator == "required" and isinstance(error.instance, dict):
         missing = [p for p in error.validator_value if p not in error.instance]
         return [{"pointer": _pointer(prefix, [*where, p]), "detail": "is required"}

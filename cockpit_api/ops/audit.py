@@ -11,31 +11,61 @@ audited: they changed nothing and are the scanners' noise.
 
 The operation index is built from the specs Connexion loaded, so operations
 (and specs) added later are audited without a change here.
+
+Anyone can send requests that are refused (401, 429, 400...) or that change nothing
+(a logout with a made-up token): those of unauthenticated clients are counted, one row
+per window, method, operation and status (:meth:`Store.audit_count`), so that anonymous
+traffic cannot grow the log. Each world's log is capped (``audit_max_rows``, a sandbox's
+``sandbox_audit_max_rows``).
+
+An answered write has its entry committed: when the entry cannot be written (a full
+disk, a lost database) the client gets 503 ``store_unavailable`` instead of the answer,
+and later writes are refused at the door (503, before they run) until a write to the
+store succeeds again, tried at most once a second (and by ``/readyz``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import re
+import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cockpit_api.http.problems import PROBLEM_JSON, problem_body
 from cockpit_api.ops.logs import escape_controls
 from cockpit_api.state import AUDIT_KEY, SCOPE_KEY
-from cockpit_api.store import AuditEntry
+from cockpit_api.store import AuditEntry, StoreUnavailable
 
 if TYPE_CHECKING:
     from cockpit_api.state import Services
+    from cockpit_api.store import Store
 
 log = logging.getLogger("cockpit_api.ops.audit")
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PARAM = re.compile(r"\{[^/}]+\}")
+PROBE_EVERY = 1.0  # seconds between write probes of a store that failed to write
+_NOT_AUDITED = ("the state store cannot write its audit log now, so this write is refused "
+                "(it may have been applied); retry shortly")
+_REFUSED = "the state store cannot write its audit log now; retry shortly"
+
+
+class WriteHealth:
+    """Whether a store failed to write, and when it was last probed (monotonic seconds)."""
+
+    __slots__ = ("failing_since", "probed_at")
+
+    def __init__(self) -> None:
+        self.failing_since: float | None = None
+        self.probed_at = -float("inf")
 
 
 def is_dry_run(query_string: bytes) -> bool:
@@ -104,6 +134,8 @@ class Auditor:
         self._index_factory = index
         self._index: OperationIndex | None = None
         self._clock = clock
+        # Per store (each world has its own): weak, a deleted sandbox's store goes with it.
+        self._health: weakref.WeakKeyDictionary[Any, WriteHealth] = weakref.WeakKeyDictionary()
 
     @property
     def index(self) -> OperationIndex:
@@ -111,6 +143,43 @@ class Auditor:
         if self._index is None:
             self._index = self._index_factory()
         return self._index
+
+    def health(self, store: Store) -> WriteHealth:
+        found = self._health.get(store)
+        if found is None:
+            found = self._health[store] = WriteHealth()
+        return found
+
+    def failed(self, store: Store) -> None:
+        h = self.health(store)
+        if h.failing_since is None:
+            h.failing_since = time.monotonic()
+            log.error("the store cannot write the audit log: writes answer 503 until it can")
+
+    def recovered(self, store: Store) -> None:
+        h = self.health(store)
+        if h.failing_since is not None:
+            h.failing_since = None
+            log.warning("the store writes again: writes are served")
+
+    def cannot_write(self, store: Store) -> bool:
+        return self.health(store).failing_since is not None
+
+    async def _writable(self, store: Store) -> bool:
+        """False while the store is known not to write; probed at most every PROBE_EVERY s."""
+        h = self.health(store)
+        if h.failing_since is None:
+            return True
+        now = time.monotonic()
+        if now - h.probed_at < PROBE_EVERY:
+            return False
+        h.probed_at = now
+        try:
+            await asyncio.to_thread(store.probe_write, self._clock())
+        except Exception:
+            return False
+        self.recovered(store)
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in READS:
@@ -127,27 +196,43 @@ class Auditor:
         if operation is None:
             await self.app(scope, receive, send)
             return
+        store = scope.get(SCOPE_KEY, self.services).auth.store
+        if not await self._writable(store):
+            # Refused before it runs: nothing happens that the log could not say.
+            await _unavailable(send, [], _REFUSED)
+            return
         note: dict[str, Any] = {}
         scope[AUDIT_KEY] = note  # the scopes derived from this one share the dict
+        replaced = False
 
         async def audit_send(message: Any) -> None:
+            nonlocal replaced
             if message["type"] == "http.response.start":
-                await self._write(scope, note, operation, path, int(message["status"]))
+                if not await self._write(scope, note, operation, path, int(message["status"])):
+                    replaced = True
+                    await _unavailable(send, message.get("headers") or [], _NOT_AUDITED)
+                    return
+            elif replaced:
+                return  # the handler's body: the client got the 503 instead
             await send(message)
 
         await self.app(scope, receive, audit_send)
 
     async def _write(self, scope: Scope, note: dict[str, Any], operation: str, path: str,
-                     status: int) -> None:
+                     status: int) -> bool:
+        """Write the entry; False if it could not be (the answer must not leave then)."""
         # The services of the world the request went to (the app's, or a mount's).
         services = scope.get(SCOPE_KEY, self.services)
         headers = dict(scope.get("headers") or [])
         actor, role = note.get("actor"), note.get("role")
         auth = headers.get(b"authorization", b"").decode("latin-1")
-        if actor is None and auth[:7].lower() == "bearer ":
+        authenticated = False
+        if auth[:7].lower() == "bearer ":
             claims = services.auth.actor(auth[7:].strip())
             if claims is not None:
-                actor, role = claims["sub"], claims["role"]
+                authenticated = True
+                if actor is None:
+                    actor, role = claims["sub"], claims["role"]
         # The request id the request middleware settled on (the client's valid
         # X-Request-Id or one it made), else the client's header as sent.
         request_id = scope.get("cockpit.request_id") or \
@@ -161,12 +246,44 @@ class Auditor:
                            role=role, address=_address(client[0] if client else None),
                            request_id=request_id,
                            dry_run=is_dry_run(scope.get("query_string", b"")))
+        settings = services.settings
+        rows = settings.sandbox_audit_max_rows if services.sandbox_id else \
+            settings.audit_max_rows
+        keep = rows or None  # 0: no cap on rows (the retention still prunes by age)
+        store = services.auth.store
+        # Unauthenticated and refused (or a no-op like a logout of no session): counted.
+        # A failed login names who it tried in no row: the name is the client's text.
+        anonymous = not authenticated and (status >= 400 or actor is None)
         try:
-            await asyncio.to_thread(services.auth.store.audit_append, entry)
-        except Exception:
-            # The write already happened; losing its audit line must not turn it into a 500.
-            log.exception("audit entry not written: %s %s -> %s", entry.method, entry.path,
-                          status)
+            if anonymous:
+                counted = AuditEntry(at=entry.at, operation=operation, method=entry.method,
+                                     path=entry.path, status=status)
+                await asyncio.to_thread(store.audit_count, counted,
+                                        settings.audit_reject_window, keep)
+            else:
+                await asyncio.to_thread(store.audit_append, entry, keep)
+        except Exception as exc:
+            self.failed(store)
+            if not isinstance(exc, StoreUnavailable):  # (that one was logged by the store)
+                log.error("audit entry not written: %s %s -> %s: %s", entry.method,
+                          operation, status, type(exc).__name__)
+            return False
+        self.recovered(store)
+        return True
+
+
+async def _unavailable(send: Send, headers: list[tuple[bytes, bytes]], detail: str) -> None:
+    """A whole 503 ``store_unavailable`` answer, keeping the headers that are about the
+    exchange (request id, CORS), not the ones about the body that was replaced."""
+    body = json.dumps(problem_body(503, detail, code="store_unavailable")).encode()
+    drop = {b"content-type", b"content-length", b"etag", b"location", b"cache-control",
+            b"retry-after", b"last-modified"}
+    kept = [(k, v) for k, v in headers if k.lower() not in drop]
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        *kept, (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()), (b"retry-after", b"5"),
+        (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _address(host: object) -> str | None:

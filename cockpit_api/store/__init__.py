@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cockpit_api.store.base import (
+    KEYS_CHANGED,
     AuditEntry,
     Counter,
     JobConflict,
@@ -26,8 +27,9 @@ from cockpit_api.store.base import (
 MEMORY_URL = "sqlite://"
 
 __all__ = [
-    "MEMORY_URL", "AuditEntry", "Counter", "JobConflict", "JobRecord", "Rotation", "Session",
-    "SigningKey", "Store", "StoreError", "StoreUnavailable", "default_url", "open_store",
+    "KEYS_CHANGED", "MEMORY_URL", "AuditEntry", "Counter", "JobConflict", "JobRecord",
+    "Rotation", "Session", "SigningKey", "Store", "StoreError", "StoreUnavailable",
+    "default_url", "open_store",
 ]
 
 
@@ -36,8 +38,11 @@ def default_url(state_dir: str | Path) -> str:
     return f"sqlite:///{Path(state_dir) / 'store.db'}"
 
 
-def open_store(url: str) -> Store:
-    """Connect, upgrade the schema, return the store; :class:`StoreError` (one line) if not."""
+def open_store(url: str, *, create: bool = True) -> Store:
+    """Connect, upgrade the schema, return the store; :class:`StoreError` (one line) if not.
+
+    ``create=False``: a store that does not exist yet (no SQLite file, a database
+    without the schema) is a :class:`StoreError`, not made empty (``rotate-key``)."""
     from cockpit_api.store.sql import SqlStore
 
-    return SqlStore(url)
+    return SqlStore(url, create=create)

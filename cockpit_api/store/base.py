@@ -14,7 +14,9 @@ session
     keeps only the SHA-256 of the current one, so a presented token of a live
     family that is not the current one is *reuse* (someone kept a copy): the
     session is revoked. Spent tokens are never stored, so the table has one row
-    per session, however often it refreshes.
+    per session, however often it refreshes; only the digest of the token the last
+    rotation replaced is kept, for a short *grace*: a client whose refresh answer was
+    lost may retry it once (it gets a new pair) without revoking its session.
 revocation
     A session's ``revoked_at``. Access tokens whose ``sid`` is revoked are
     refused; replicas learn of revocations by polling :meth:`Store.revocations_since`.
@@ -36,6 +38,9 @@ key/value
 audit entry
     One write request: who, when, what (operationId, method, path), from which
     address, the answer's status and the request id; whether it was a dry run.
+    Rejects of unauthenticated requests are not a row each (anyone can send them):
+    one row per window, method, operation and status counts them (``count``).
+    ``keep`` caps the rows.
 
 How a backend uses it (the libvirt backend: jobs, adoption, host ids). ``create_app``
 opens the store before it builds the backend and keeps it as ``Services.store``
@@ -70,7 +75,10 @@ from cockpit_api.backends.jobstore import (
 )
 from cockpit_api.backends.jobstore import JobRecord
 
-RotateOutcome = Literal["rotated", "reused", "invalid"]
+# When a signing key was last revoked (key/value): servers poll it and drop the key at once.
+KEYS_CHANGED = "jwt.keys_revoked_at"
+
+RotateOutcome = Literal["rotated", "retried", "reused", "invalid"]
 
 
 class StoreError(Exception):
@@ -130,6 +138,7 @@ class AuditEntry:
     request_id: str | None = None
     dry_run: bool = False  # the request asked for dry_run=true: checked, nothing changed
     id: int | None = None  # assigned by the store, increasing
+    count: int = 1  # requests the entry stands for (see Store.audit_count)
 
 
 class Store(Protocol):
@@ -154,15 +163,23 @@ class Store(Protocol):
         """Make a new current key; the old one verifies until ``retire_after``."""
         ...
 
+    def revoke_signing_key(self, kid: str, now: float) -> bool:
+        """Delete the key now (a new current key first, if it was current), and note
+        when in the key/value ``jwt.keys_revoked_at`` that servers poll; False: no such key."""
+        ...
+
     # ---- sessions and refresh tokens
     def create_session(self, session: Session, digest: str) -> None: ...
 
     def rotate_refresh(self, family: str, digest: str, new_digest: str, now: float,
-                       expires_at: float) -> Rotation:
+                       expires_at: float, grace: float = 0.0) -> Rotation:
         """Atomically swap the current token of a live family; anything else is reuse or invalid.
 
         ``rotated``: ``digest`` was the family's current token; ``new_digest`` is now.
-        ``reused``: the family is live but ``digest`` is not its current token; it is
+        ``retried``: ``digest`` is the token the last rotation replaced, at most ``grace``
+        seconds ago, and that grace was not used yet: a client retrying a refresh whose
+        answer it lost. ``new_digest`` is now current (the successor it missed is spent),
+        once. ``reused``: the family is live but ``digest`` is not its current token; it is
         revoked here. ``invalid``: no such family, or it expired or was revoked.
         """
         ...
@@ -235,7 +252,24 @@ class Store(Protocol):
     def kv_items(self, prefix: str) -> dict[str, str]: ...
 
     # ---- audit log
-    def audit_append(self, entry: AuditEntry) -> int: ...
+    def audit_append(self, entry: AuditEntry, keep: int | None = None) -> int:
+        """Add one entry; with ``keep``, only the newest ``keep`` entries stay."""
+        ...
+
+    def audit_count(self, entry: AuditEntry, window: float, keep: int | None = None) -> int:
+        """Count ``entry`` in the one row of its (window, method, operation, status).
+
+        For rejects of unauthenticated requests: anyone can send them, so they must not
+        grow the log by a row each. The row's ``at`` is the window's start, its other
+        fields the first such request's; ``count`` says how many. Its id.
+        """
+        ...
+
+    def probe_write(self, now: float) -> None:
+        """Commit a tiny write: :class:`StoreUnavailable` if the store cannot write (a full
+        disk answers reads but not this)."""
+        ...
+
     def prune_audit(self, before: float) -> int: ...
 
     def audit_page(self, limit: int, before: int | None = None) -> list[AuditEntry]:

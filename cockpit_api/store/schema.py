@@ -39,6 +39,10 @@ sessions = sa.Table(
     sa.Column("generation", sa.Integer, nullable=False, server_default="0"),
     sa.Column("revoked_at", sa.Float, nullable=True, index=True),
     sa.Column("revoked_reason", sa.String(32), nullable=True),
+    # The token the last rotation replaced, and when: its retry within the grace is not
+    # reuse (once; the grace is used up by it). NULL: no retry is allowed.
+    sa.Column("previous_digest", sa.String(64), nullable=True),
+    sa.Column("rotated_at", sa.Float, nullable=True),
 )
 
 login_throttle = sa.Table(
@@ -83,4 +87,9 @@ audit = sa.Table(
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("request_id", sa.String(128), nullable=True),
     sa.Column("dry_run", sa.Boolean, nullable=False, server_default=sa.false()),
+    # How many requests the row stands for: 1, or the rejects of unauthenticated requests
+    # counted in one row per window; ``bucket`` names that row (NULL for the others).
+    sa.Column("count", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("bucket", sa.String(200), nullable=True),
 )
+sa.Index("ix_audit_bucket", audit.c.bucket, unique=True)

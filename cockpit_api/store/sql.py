@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import secrets
 import threading
 import time
@@ -26,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from cockpit_api.store.base import (
+    KEYS_CHANGED,
     AuditEntry,
     Counter,
     JobConflict,
@@ -46,6 +48,7 @@ from cockpit_api.store.schema import (
     sessions,
     signing_keys,
 )
+from cockpit_api.store.statedir import private_file
 
 log = logging.getLogger("cockpit_api.store")
 
@@ -108,7 +111,7 @@ def _unavailable(fn: Callable[P, R]) -> Callable[P, R]:
 class SqlStore:
     """:class:`cockpit_api.store.base.Store` on SQLite or PostgreSQL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.display_url = display_url(url)
         # Called with (method name, seconds) after every call: the app's metrics.
         self.observer: Callable[[str, float], None] | None = None
@@ -121,6 +124,10 @@ class SqlStore:
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             self.kind = "sqlite"
+            if not create and parsed.database not in (None, "", ":memory:") and \
+                    not Path(parsed.database).is_file():
+                raise StoreError(f"there is no store at {parsed.database}: is the state "
+                                 "directory right? (`serve` makes the store)")
             try:
                 self.engine = self._sqlite_engine(parsed)
             except OSError as exc:
@@ -140,6 +147,10 @@ class SqlStore:
             raise StoreError(f"the store URL {self.display_url} is neither sqlite:// nor "
                              "postgresql://")
         try:
+            if not create and self._current_revision() is None:
+                self.engine.dispose()
+                raise StoreError(f"the database {self.display_url} holds no store (no "
+                                 "schema): is the URL right? (`serve` makes the store)")
             self._migrate()
         except (sa_exc.DBAPIError, OSError) as exc:
             self.engine.dispose()
@@ -150,7 +161,10 @@ class SqlStore:
     def _sqlite_engine(parsed: sa.URL) -> Engine:
         memory = parsed.database in (None, "", ":memory:")
         if not memory and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(parsed.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # 0600 before SQLite opens it (it gives -wal and -shm the file's mode): the
+            # signing keys are in it. An older, wider file is narrowed.
+            private_file(Path(parsed.database))
         engine = sa.create_engine(
             parsed, connect_args={"check_same_thread": False, "timeout": 30},
             **({"poolclass": StaticPool, "query_cache_size": 0} if memory else {}))
@@ -195,11 +209,11 @@ class SqlStore:
         current = self._current_revision()
         if current == HEAD:
             return
+        # Alembic narrates every step at INFO, its import included (seven "setup plugin"
+        # lines): quiet before importing it; one line of ours below says what changed.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         from alembic import command
         from alembic.config import Config
-
-        # Alembic narrates every step at INFO; one line of ours below says what changed.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
 
         with self.engine.begin() as conn:
             if self.kind == "postgresql":
@@ -284,6 +298,21 @@ class SqlStore:
             row = conn.execute(sa.select(signing_keys).where(signing_keys.c.kid == kid)).one()
         return SigningKey(row.kid, row.secret, row.created_at, row.retire_after)
 
+    @_unavailable
+    def revoke_signing_key(self, kid: str, now: float) -> bool:
+        with self._tx() as conn:
+            if conn.execute(sa.select(signing_keys.c.kid)
+                            .where(signing_keys.c.kid == kid)).first() is None:
+                return False
+            current = conn.execute(sa.select(kv.c.value).where(kv.c.key == _CURRENT_KID)).scalar()
+            if current == kid:
+                self._new_key(conn, now, replace=True)
+            conn.execute(signing_keys.delete().where(signing_keys.c.kid == kid))
+            stmt = self._upsert(kv).values(key=KEYS_CHANGED, value=f"{now:.6f}", updated_at=now)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[kv.c.key], set_={"value": f"{now:.6f}", "updated_at": now}))
+        return True
+
     # ----------------------------------------------------------------- sessions
 
     @staticmethod
@@ -301,20 +330,32 @@ class SqlStore:
 
     @_unavailable
     def rotate_refresh(self, family: str, digest: str, new_digest: str, now: float,
-                       expires_at: float) -> Rotation:
+                       expires_at: float, grace: float = 0.0) -> Rotation:
         c = sessions.c
+        live = (c.family == family, c.revoked_at.is_(None), c.expires_at > now)
         with self._tx() as conn:
             # One conditional UPDATE: of two concurrent refreshes with one token,
-            # exactly one matches; the other then sees reuse.
+            # exactly one matches; the other then sees reuse (or, in the grace, a retry).
             row = conn.execute(
                 sessions.update()
-                .where(c.family == family, c.current_digest == digest, c.revoked_at.is_(None),
-                       c.expires_at > now)
+                .where(*live, c.current_digest == digest)
                 .values(current_digest=new_digest, generation=c.generation + 1,
-                        expires_at=expires_at)
+                        expires_at=expires_at, previous_digest=digest, rotated_at=now)
                 .returning(*sessions.c)).first()
             if row is not None:
                 return Rotation("rotated", self._session(row))
+            if grace > 0:
+                # The token the last rotation replaced, again and soon: the client never got
+                # that answer (a crash, a lost connection) and retries. Once: the grace is
+                # used up (previous_digest cleared), and the successor it missed is spent.
+                row = conn.execute(
+                    sessions.update()
+                    .where(*live, c.previous_digest == digest, c.rotated_at >= now - grace)
+                    .values(current_digest=new_digest, generation=c.generation + 1,
+                            expires_at=expires_at, previous_digest=None, rotated_at=now)
+                    .returning(*sessions.c)).first()
+                if row is not None:
+                    return Rotation("retried", self._session(row))
             row = conn.execute(sa.select(sessions).where(c.family == family)).first()
             if row is None or row.revoked_at is not None or row.expires_at <= now:
                 return Rotation("invalid", None if row is None else self._session(row))
@@ -537,15 +578,52 @@ class SqlStore:
 
     # -------------------------------------------------------------------- audit
 
+    @staticmethod
+    def _audit_values(e: AuditEntry) -> dict[str, Any]:
+        return dict(at=e.at, actor=e.actor, role=e.role, address=e.address,
+                    operation=e.operation, method=e.method, path=e.path[:2000],
+                    status=e.status, request_id=e.request_id, dry_run=e.dry_run, count=1)
+
+    @staticmethod
+    def _trim_audit(conn: Connection, newest: int, keep: int | None) -> None:
+        # Ids increase (PostgreSQL's may skip some): this keeps at most ``keep`` rows,
+        # one indexed range delete per append (nothing to delete: a single seek).
+        if keep is not None:
+            conn.execute(audit.delete().where(audit.c.id <= newest - keep))
+
     @_unavailable
-    def audit_append(self, entry: AuditEntry) -> int:
-        e = entry
+    def audit_append(self, entry: AuditEntry, keep: int | None = None) -> int:
         with self._tx() as conn:
-            new_id: int = conn.execute(audit.insert().values(
-                at=e.at, actor=e.actor, role=e.role, address=e.address, operation=e.operation,
-                method=e.method, path=e.path[:2000], status=e.status,
-                request_id=e.request_id, dry_run=e.dry_run).returning(audit.c.id)).scalar_one()
+            new_id: int = conn.execute(audit.insert().values(**self._audit_values(entry))
+                                       .returning(audit.c.id)).scalar_one()
+            self._trim_audit(conn, new_id, keep)
         return new_id
+
+    @_unavailable
+    def audit_count(self, entry: AuditEntry, window: float, keep: int | None = None) -> int:
+        a = audit.c
+        start = math.floor(entry.at / window) * window
+        bucket = f"{start:.0f}|{entry.method}|{entry.operation}|{entry.status}"
+        stmt = self._upsert(audit).values(**dict(self._audit_values(entry), at=start,
+                                                 bucket=bucket))
+        stmt = stmt.on_conflict_do_update(index_elements=[a.bucket],
+                                          set_={"count": a.count + 1})
+        with self._tx() as conn:
+            row_id: int = conn.execute(stmt.returning(a.id)).scalar_one()
+            self._trim_audit(conn, row_id, keep)
+        return row_id
+
+    @_unavailable
+    def probe_write(self, now: float) -> None:
+        # A real write, committed, and larger than an audit row (16 KiB: several pages, as
+        # many log frames): where it succeeds, an entry fits. On a full disk it fails
+        # where ping (a read) still succeeds.
+        value = f"{now:.3f} " + secrets.token_hex(8192)
+        stmt = self._upsert(kv).values(key="store.write_probe", value=value, updated_at=now)
+        stmt = stmt.on_conflict_do_update(index_elements=[kv.c.key],
+                                          set_={"value": value, "updated_at": now})
+        with self._tx() as conn:
+            conn.execute(stmt)
 
     @_unavailable
     def prune_audit(self, before: float) -> int:
@@ -561,5 +639,5 @@ class SqlStore:
             rows = conn.execute(q).all()
         return [AuditEntry(at=r.at, operation=r.operation, method=r.method, path=r.path,
                            status=r.status, actor=r.actor, role=r.role, address=r.address,
-                           request_id=r.request_id, dry_run=bool(r.dry_run), id=r.id)
-                for r in rows]
+                           request_id=r.request_id, dry_run=bool(r.dry_run), id=r.id,
+                           count=r._mapping["count"]) for r in rows]  # (.count: tuple's)
