@@ -30,7 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cockpit_api.handlers",),
     ("cockpit_api.sandboxes",),
     ("cockpit_api.world",),
-    ("cockpit_api.http", "cockpit_api.ops.audit", "cockpit_api.conformance"),
+    ("cockpit_api.ops.audit",),  # the audit log's writer wraps the app; it answers problems
+    ("cockpit_api.http", "cockpit_api.conformance"),
     ("cockpit_api.state",),
     ("cockpit_api.feed",),
     ("cockpit_api.ops",),  # Prometheus and logs
