@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 
 from cockpit_api.conformance.runner import UsageError, api_root
-from cockpit_api.twin import machine as twin_machine
 from cockpit_api.twin.worlds import (
     Api,
     CannotStart,
@@ -43,6 +42,10 @@ def canaries(vms: list[Json], ids: list[str], pattern: str | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+
+    # Here, not at the top: the state machine needs Hypothesis (the test extra), and the
+    # CLI that imports this module must serve without it (tests/test_wheel.py).
+    from cockpit_api.twin import machine as twin_machine
 
     # One line per request (httpx) or per start of the embedded twin's app: noise here.
     for noisy in ("httpx", "alembic", "connexion", "cockpit_api.store"):
