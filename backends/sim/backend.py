@@ -13,8 +13,6 @@ sequence of calls and clock advances always give the same answers.
 from __future__ import annotations
 
 import heapq
-import itertools
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -55,11 +53,10 @@ from cockpit_api.backends.sim import scenario as scenarios
 from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.backends.sim.state import (
     _at_time,
-    _Guest,
     _index_at,
     _Job,
-    _remembered_jobs,
     _State,
+    build_state,
 )
 
 MIB = 1024 * 1024
@@ -431,34 +428,7 @@ class SimulatedBackend:
 
     def _build(self, sc: scenarios.Scenario, generation: int | None = None) -> _State:
         generation = self._generation if generation is None else generation
-        t = self.clock.now()
-        born = t - self.history_seconds
-        inv = Inventory()
-        host_history: dict[str, list[tuple[float, str]]] = {}
-        for h in sc.hosts:
-            # A cursor is the Unix time of the host's last change: never in the clock's future.
-            cursor = min(h.sync_cursor, int(t)) if h.sync_cursor else int(t)
-            inv.put_host(Host(h.id, h.hostname, h.status, cursor,  # type: ignore[arg-type]
-                              h.cpus, h.memory_mib, 0))
-            host_history[h.id] = [(born, h.status)]
-        guests: dict[str, _Guest] = {}
-        members: dict[str, set[str]] = {h.id: set() for h in sc.hosts}
-        for v in sc.vms:
-            vm = Vm(v.id, v.name, v.host_id, v.status, v.vcpus, v.memory_mib,  # type: ignore[arg-type]
-                    v.persistent, v.also_defined_on)
-            inv.vms[vm.id] = vm  # indexed in bulk below: put_vm per VM would bump cursors
-            salt = int(v.id.replace("-", "")[:16], 16) ^ sc.seed
-            guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
-            members[v.host_id].add(v.id)
-        inv.bulk_index()
-        jobs: JobTable[_Job] = JobTable(snapshot=lambda job: job.snapshot(self.clock.now()))
-        # Job ids come from the seed and the reset count: repeatable, never reused.
-        rng = random.Random(sc.seed + generation * 0x9E3779B97F4A7C15)
-        seq = itertools.count(1)
-        _remembered_jobs(sc, jobs, seq, t)
-        links = {(ln.source, ln.destination): (ln.bandwidth_bytes_per_s, ln.setup_seconds)
-                 for ln in sc.links}
-        return _State(inv, guests, host_history, members, jobs, [], rng, seq, links)
+        return build_state(sc, self.clock, self.history_seconds, generation)
 
     def _settle(self) -> None:
         """Apply every scheduled event that is due, in time order, each at its own time."""

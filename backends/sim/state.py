@@ -11,15 +11,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cockpit_api.backends.base import (
+    Host,
     Migration,
     MigrationProgress,
     MigrationRequest,
     MigrationStatus,
+    Vm,
     VmStatus,
 )
 from cockpit_api.backends.inventory import Inventory, JobTable
 from cockpit_api.backends.sim import metrics
 from cockpit_api.backends.sim import scenario as scenarios
+from cockpit_api.backends.sim.clock import VirtualClock
 
 
 @dataclass(slots=True)
@@ -133,3 +136,37 @@ def _at_time(history: list[Any], t: float, default: tuple[str, ...]) -> tuple[st
     if not history:
         return default
     return tuple(history[_index_at(history, t)][1:])
+
+
+def build_state(sc: scenarios.Scenario, clock: VirtualClock, history_seconds: float,
+                generation: int) -> _State:
+    """A world's first state from its scenario: what :meth:`SimulatedBackend.reset` installs
+    (pure: any thread may build it)."""
+    t = clock.now()
+    born = t - history_seconds
+    inv = Inventory()
+    host_history: dict[str, list[tuple[float, str]]] = {}
+    for h in sc.hosts:
+        # A cursor is the Unix time of the host's last change: never in the clock's future.
+        cursor = min(h.sync_cursor, int(t)) if h.sync_cursor else int(t)
+        inv.put_host(Host(h.id, h.hostname, h.status, cursor,  # type: ignore[arg-type]
+                          h.cpus, h.memory_mib, 0))
+        host_history[h.id] = [(born, h.status)]
+    guests: dict[str, _Guest] = {}
+    members: dict[str, set[str]] = {h.id: set() for h in sc.hosts}
+    for v in sc.vms:
+        vm = Vm(v.id, v.name, v.host_id, v.status, v.vcpus, v.memory_mib,  # type: ignore[arg-type]
+                v.persistent, v.also_defined_on)
+        inv.vms[vm.id] = vm  # indexed in bulk below: put_vm per VM would bump cursors
+        salt = int(v.id.replace("-", "")[:16], 16) ^ sc.seed
+        guests[vm.id] = _Guest(v.guest, salt, v.vcpus, history=[(born, v.status, v.host_id)])
+        members[v.host_id].add(v.id)
+    inv.bulk_index()
+    jobs: JobTable[_Job] = JobTable(snapshot=lambda job: job.snapshot(clock.now()))
+    # Job ids come from the seed and the reset count: repeatable, never reused.
+    rng = random.Random(sc.seed + generation * 0x9E3779B97F4A7C15)
+    seq = itertools.count(1)
+    _remembered_jobs(sc, jobs, seq, t)
+    links = {(ln.source, ln.destination): (ln.bandwidth_bytes_per_s, ln.setup_seconds)
+             for ln in sc.links}
+    return _State(inv, guests, host_history, members, jobs, [], rng, seq, links)
