@@ -25,7 +25,8 @@ PACKAGE = "cockpit_api"
 # longest room naming it. Rooms in one tuple sit side by side: they may not import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cockpit_api.cli",),
-    ("cockpit_api.snapshot", "cockpit_api.twin"),  # tools run against a deployment
+    ("cockpit_api.twin",),  # tools run against a deployment: the twin takes a snapshot
+    ("cockpit_api.snapshot",),
     ("cockpit_api.app",),
     ("cockpit_api.handlers",),
     ("cockpit_api.sandboxes",),

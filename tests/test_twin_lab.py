@@ -2,7 +2,7 @@
 
 The deployment is `cockpit-api serve --backend libvirt` in front of the lab's
 two libvirtd + QEMU daemons (tests/test_libvirt_faults.py's ``served_lab``);
-the twin is the embedded simulator built from its GETs. Two canaries
+the twin is the embedded simulator built from its snapshot. Two canaries
 (lab-vm-01, lab-vm-02) take every action in every state they reach (a paused
 guest among them; the lab's guests ignore ACPI, as the known-differences file
 models), live and offline migrations with each option, cancels, and time
@@ -88,7 +88,8 @@ def test_a_host_lost_mid_migration_ends_alike_on_the_lab_and_the_twin(
             api.login()
             deployment = twin.Deployment(api)
             known = twin.KnownDifferences.load(twin.KNOWN_DIFFERENCES)
-            the_twin = twin.EmbeddedTwin(twin.scenario_from_deployment(api, known.guests))
+            the_twin = twin.EmbeddedTwin(twin.twin_scenario(twin.snapshot_of(api),
+                                                            known.guests))
             try:
                 def lose(lost: bool) -> None:
                     lab("kill-daemon" if lost else "start-daemon", "2")

@@ -17,8 +17,9 @@ Exit code: 0 written (or no drift); 1 drift; 2 the snapshot could not be taken
 (unreachable, refused, not this API, a page failing): one line on stderr, and no
 file (it is written to a temporary file and renamed at the end).
 
-Library use (``cockpit-api twin``): :func:`take_snapshot` returns the scenario
-data, :func:`render` turns it into the file's text.
+Library use: :func:`take_snapshot` returns the scenario data, :func:`render` turns
+it into the file's text; :func:`snapshot_through` takes it through a session the
+caller already holds (``cockpit-api twin``: no second login, its pacing).
 """
 
 from __future__ import annotations
@@ -83,8 +84,66 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-class _Api:
-    """A read-only session on the public API. Every failure becomes one SnapshotError."""
+class Reader:
+    """GETs of the public API as JSON: what a snapshot reads through. Every failure becomes
+    one SnapshotError. A subclass says how one GET is sent (:meth:`fetch`)."""
+
+    shown = "the API"  # the API's public URL, for messages
+
+    def fetch(self, path: str, params: dict[str, Any] | None) -> tuple[int, Any]:
+        """One GET: its status and its JSON body (None when it is not JSON)."""
+        raise NotImplementedError
+
+    def get(self, path: str, params: dict[str, Any] | None = None,
+            *, allow: tuple[int, ...] = ()) -> Any:
+        """The JSON of a GET; None for a status in ``allow``."""
+        status, body = self.fetch(path, params)
+        if status in allow:
+            return None
+        if status != 200:
+            what = ""
+            if _is_problem(body):
+                what = f" ({_one_line(body.get('code') or body.get('title'))}: " \
+                       f"{_one_line(body.get('detail'))[:160]})"
+            raise SnapshotError(f"GET {path} failed: {status}{what}")
+        if body is None:
+            raise SnapshotError(f"{self.shown} does not look like a Cockpit API: GET {path} "
+                                "answered something other than JSON")
+        return body
+
+    def pages(self, path: str, key: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+        """Every item of a paged list, one page in memory at a time."""
+        cursor: str | None = None
+        for _ in range(10_000_000):  # bounded: a server handing out cursors forever stops here
+            page = self.get(path, {**(params or {}), "limit": PAGE,
+                                   **({"cursor": cursor} if cursor else {})})
+            items = page.get(key) if isinstance(page, dict) else None
+            if not isinstance(items, list):
+                raise SnapshotError(f"{self.shown} does not look like a Cockpit API: GET {path} "
+                                    f"answered no `{key}` list")
+            yield from items
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+        raise SnapshotError(f"GET {path}: the pages never end")
+
+
+class SessionReader(Reader):
+    """GETs through a session the caller holds (``cockpit-api twin``'s: paced, refreshed on
+    401), so that a snapshot costs no login of its own: ``fetch(path, params)`` sends one
+    GET and returns its status and JSON body."""
+
+    def __init__(self, fetch: Callable[[str, dict[str, Any] | None], tuple[int, Any]],
+                 shown: str) -> None:
+        self._fetch = fetch
+        self.shown = shown
+
+    def fetch(self, path: str, params: dict[str, Any] | None) -> tuple[int, Any]:
+        return self._fetch(path, params)
+
+
+class _Api(Reader):
+    """The snapshot's own read-only session: logs in, refreshes on 401, logs out."""
 
     def __init__(self, base_url: str, *, timeout: float = 60.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -137,28 +196,14 @@ class _Api:
                                json={"refresh_token": self.refresh_token})
         self.token = self.refresh_token = None
 
-    def get(self, path: str, params: dict[str, Any] | None = None,
-            *, allow: tuple[int, ...] = ()) -> Any:
-        """The JSON of a GET; None for a status in ``allow``."""
+    def fetch(self, path: str, params: dict[str, Any] | None) -> tuple[int, Any]:
         r = self._send("GET", path, params=params,
                        headers={"Authorization": f"Bearer {self.token}"})
         if r.status_code == 401 and self.refresh_token:
             self._refresh()
             r = self._send("GET", path, params=params,
                            headers={"Authorization": f"Bearer {self.token}"})
-        if r.status_code in allow:
-            return None
-        body = _json_or_none(r)
-        if r.status_code != 200:
-            what = ""
-            if _is_problem(body):
-                what = f" ({_one_line(body.get('code') or body.get('title'))}: " \
-                       f"{_one_line(body.get('detail'))[:160]})"
-            raise SnapshotError(f"GET {path} failed: {r.status_code}{what}")
-        if body is None:
-            raise SnapshotError(f"{self.shown} does not look like a Cockpit API: GET {path} "
-                                "answered something other than JSON")
-        return body
+        return r.status_code, _json_or_none(r)
 
     def _refresh(self) -> None:
         r = self._send("POST", "/auth/refresh", json={"refresh_token": self.refresh_token})
@@ -166,22 +211,6 @@ class _Api:
         if r.status_code != 200 or not isinstance(body, dict) or "token" not in body:
             raise SnapshotError(f"the session ended and could not be refreshed ({r.status_code})")
         self.token, self.refresh_token = body["token"], body.get("refresh_token")
-
-    def pages(self, path: str, key: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
-        """Every item of a paged list, one page in memory at a time."""
-        cursor: str | None = None
-        for _ in range(10_000_000):  # bounded: a server handing out cursors forever stops here
-            page = self.get(path, {**(params or {}), "limit": PAGE,
-                                   **({"cursor": cursor} if cursor else {})})
-            items = page.get(key) if isinstance(page, dict) else None
-            if not isinstance(items, list):
-                raise SnapshotError(f"{self.shown} does not look like a Cockpit API: GET {path} "
-                                    f"answered no `{key}` list")
-            yield from items
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
-        raise SnapshotError(f"GET {path}: the pages never end")
 
 
 def _retry_after(r: httpx.Response) -> float | None:
@@ -232,17 +261,29 @@ def take_snapshot(base_url: str, username: str, password: str, *,
     pseudonyms; without one, a random salt).
     Raises :class:`SnapshotError` with a one-line reason.
     """
-    say = progress or (lambda _msg: None)
-    rx = re.compile(host_pattern) if host_pattern else None
     api = _Api(base_url)
     try:
         api.login(username, password)
         try:
-            data = _read(api, window, rx, metrics_vms if fit else 0, say)
+            return snapshot_through(api, window=window, anonymize=anonymize, salt=salt,
+                                    host_pattern=host_pattern, users=users,
+                                    metrics_vms=metrics_vms, fit=fit, progress=progress)
         finally:
             api.logout()
     finally:
         api.close()
+
+
+def snapshot_through(reader: Reader, *, window: int = DEFAULT_WINDOW, anonymize: bool = False,
+                     salt: str | None = None, host_pattern: str | None = None,
+                     users: list[dict[str, Any]] | None = None,
+                     metrics_vms: int = DEFAULT_METRICS_VMS, fit: bool = True,
+                     progress: Progress | None = None) -> dict[str, Any]:
+    """:func:`take_snapshot` through a session already open (a :class:`SessionReader`):
+    the same data, no login or logout of its own."""
+    say = progress or (lambda _msg: None)
+    rx = re.compile(host_pattern) if host_pattern else None
+    data = _read(reader, window, rx, metrics_vms if fit else 0, say)
     if users is not None:
         data["users"] = users
     if anonymize:
@@ -250,7 +291,7 @@ def take_snapshot(base_url: str, username: str, password: str, *,
     return data
 
 
-def _read(api: _Api, window: int, rx: re.Pattern[str] | None, metrics_vms: int,
+def _read(api: Reader, window: int, rx: re.Pattern[str] | None, metrics_vms: int,
           say: Progress) -> dict[str, Any]:
     hosts = []
     for h in api.pages("/hosts", "hosts"):
@@ -300,7 +341,7 @@ def _read(api: _Api, window: int, rx: re.Pattern[str] | None, metrics_vms: int,
             "links": fit_links(jobs, memory_of), "migrations": jobs}
 
 
-def _vm(api: _Api, v: Any) -> dict[str, Any]:
+def _vm(api: Reader, v: Any) -> dict[str, Any]:
     try:
         vm: dict[str, Any] = {
             "id": str(v["id"]), "name": str(v["name"]), "host": str(v["host_id"]),
@@ -315,7 +356,7 @@ def _vm(api: _Api, v: Any) -> dict[str, Any]:
     return vm
 
 
-def _job(api: _Api, m: Any) -> dict[str, Any] | None:
+def _job(api: Reader, m: Any) -> dict[str, Any] | None:
     """A finished job as a scenario history entry (durations to the millisecond), or None."""
     try:
         if m["status"] not in FINISHED:
@@ -349,7 +390,7 @@ def _instant(text: Any) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
-def _fit_charts(api: _Api, vms: list[dict[str, Any]], window: int, limit: int,
+def _fit_charts(api: Reader, vms: list[dict[str, Any]], window: int, limit: int,
                 say: Progress) -> None:
     running = [v for v in sorted(vms, key=lambda v: (v["name"], v["id"]))
                if v["status"] in RUNNING][:limit]

@@ -26,6 +26,7 @@ from cockpit_api.twin.worlds import (
     Pacer,
     ServedTwin,
     World,
+    snapshot_of,
 )
 
 
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
             deployment.api.login()
         except httpx.HTTPError as exc:
             raise CannotStart(f"cannot reach {api}: {exc}") from None
-        vms, _ = deployment.api.all("/vms", "vms")
+        first = snapshot_of(deployment.api)
+        vms = first["vms"]
         chosen = canaries(vms, args.vm, args.vm_pattern)
         if not chosen:
             raise CannotStart("name the canary VMs the twin may write: --vm ID or "
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     result = twin_machine.Result()
     interrupted = False
     try:
-        twin_machine.check(deployment, make_twin, chosen, opts, result)
+        twin_machine.check(deployment, make_twin, chosen, opts, result, first)
     except KeyboardInterrupt:
         interrupted = True
         print("\ntwin: interrupted: letting the canaries settle", file=sys.stderr, flush=True)

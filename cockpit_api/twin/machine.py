@@ -1,7 +1,8 @@
 """The twin check's state machine: one Hypothesis machine, two worlds, compared per step.
 
 Each example begins from the deployment as it is *now*: the twin is rebuilt
-from the deployment's GETs (:func:`cockpit_api.twin.scenario_from_deployment`),
+from the deployment's snapshot (:func:`cockpit_api.twin.snapshot_of`, then
+:func:`cockpit_api.twin.worlds.twin_scenario`),
 so Hypothesis can replay shorter sequences while it shrinks a divergence
 without anything to reset on the deployment. A step sends the same request to
 both worlds (the deployment first), then compares:
@@ -42,7 +43,8 @@ from cockpit_api.twin.worlds import (
     Options,
     TimeUp,
     World,
-    scenario_from_deployment,
+    snapshot_of,
+    twin_scenario,
 )
 
 Json = dict[str, Any]
@@ -96,9 +98,10 @@ def shape(value: Any) -> Any:
     """A body's structure: keys and value types (null apart), not the values."""
     if isinstance(value, dict):
         out = {k: shape(v) for k, v in sorted(value.items())}
-        # Not compared (docs/twin-known-differences.yaml): also_defined_on, stale
-        # definitions a twin cannot start with; whether a job cancelled at once had
-        # started (a race of milliseconds on libvirt, the simulator's 0.5 s setup).
+        # also_defined_on's shape is a list, empty or not: its hosts are compared as a
+        # value (vm_fields, the settled view). Not compared (docs/twin-known-differences.yaml):
+        # whether a job cancelled at once had started (a race of milliseconds on libvirt,
+        # the simulator's 0.5 s setup).
         if "also_defined_on" in out:
             out["also_defined_on"] = "list"
         if value.get("status") == "cancelled" and "started_at" in out:
@@ -121,7 +124,8 @@ _PROBLEM_OWN = ("detail", "instance", "request_id", "title", "type")
 
 def vm_fields(v: Json) -> tuple[Any, ...]:
     return (v.get("name"), v.get("status"), v.get("host_id"), v.get("persistent"),
-            v.get("migration_id") is not None, v.get("dry_run"))
+            v.get("migration_id") is not None, v.get("dry_run"),
+            tuple(sorted(v.get("also_defined_on") or ())))
 
 
 def job_fields(m: Json) -> tuple[Any, ...]:
@@ -183,11 +187,13 @@ class Side:
         for vm in self.canaries:
             v = by_id.get(vm)
             out[f"vm {vm}"] = "absent" if v is None else (
-                v["status"], v["host_id"], v["persistent"], v["migration_id"] is not None)
+                v["status"], v["host_id"], v["persistent"], v["migration_id"] is not None,
+                tuple(sorted(v.get("also_defined_on") or ())))
         if self.position is None:
             # The feed from here on; what it says next is compared with what the list says.
             self.position = position
-            self.last = {k: v for k, v in out.items() if v != "absent"}
+            # (The feed's view of a VM has no also_defined_on: the settled view compares it.)
+            self.last = {k: v[:4] for k, v in out.items() if v != "absent"}
         for h in hosts:
             out[f"host {h['hostname']}"] = h["status"]
         for i, job in enumerate(self.jobs):
@@ -233,10 +239,12 @@ class Side:
 
 
 def build_machine(deployment: Deployment, make_twin: Callable[[Json], World],
-                  canaries: list[str], opts: Options,
-                  result: Result) -> type[RuleBasedStateMachine]:
-    """A machine class over these worlds (Hypothesis instantiates it once per example)."""
-    scenario0 = scenario_from_deployment(deployment.api, opts.known.guests)
+                  canaries: list[str], opts: Options, result: Result,
+                  first: Json | None = None) -> type[RuleBasedStateMachine]:
+    """A machine class over these worlds (Hypothesis instantiates it once per example).
+    ``first``: the deployment's snapshot if the caller has just taken one."""
+    scenario0 = twin_scenario(first if first is not None else snapshot_of(deployment.api),
+                              opts.known.guests)
     hosts = [h["id"] for h in scenario0["hosts"]]
     every_vm = [v["id"] for v in scenario0["vms"]]
     names = {v["id"]: v["name"] for v in scenario0["vms"]}
@@ -289,8 +297,8 @@ def build_machine(deployment: Deployment, make_twin: Callable[[Json], World],
                 restore(deployment, result.initial, hosts, result)
             result.examples += 1
             self.real = Side(deployment, canaries)
-            self.twin = Side(make_twin(scenario_from_deployment(deployment.api,
-                                                                opts.known.guests)), canaries)
+            self.twin = Side(make_twin(twin_scenario(snapshot_of(deployment.api),
+                                                     opts.known.guests)), canaries)
             self.real.view()
             self.twin.view()
 
@@ -468,9 +476,9 @@ def build_machine(deployment: Deployment, make_twin: Callable[[Json], World],
 
 
 def check(deployment: Deployment, make_twin: Callable[[Json], World], canaries: list[str],
-          opts: Options, result: Result) -> None:
+          opts: Options, result: Result, first: Json | None = None) -> None:
     """Run the machine: one generated example of ``opts.steps`` steps, shrunk if it diverges."""
-    machine = build_machine(deployment, make_twin, canaries, opts, result)
+    machine = build_machine(deployment, make_twin, canaries, opts, result, first)
     machine = hypothesis_seed(opts.seed)(machine)
     config = settings(max_examples=1, stateful_step_count=opts.steps, database=None,
                       deadline=None, phases=[Phase.generate, Phase.shrink],

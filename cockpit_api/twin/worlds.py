@@ -1,6 +1,8 @@
 """``cockpit-api twin``: prove, step by step, that the mock behaves like a deployment.
 
-It reads the deployment (hosts and VMs, through its GETs), builds a *twin* of it
+It takes the deployment's snapshot (``cockpit-api snapshot``'s data, read through
+its own session: hosts, VMs, stale definitions, job history, each host pair's
+fitted migration speed), builds a *twin* of it
 (a simulator holding the same cluster: embedded in this process by default, or
 a sandbox on a served mock with ``--mock-url``), then runs one Hypothesis
 rule-based state machine (:mod:`cockpit_api.twin.machine`) against both, step
@@ -213,32 +215,45 @@ class GuestModel:
         return re.search(self.pattern, name) is not None
 
 
-def scenario_from_deployment(api: Api, guests: list[GuestModel] = (),  # type: ignore[assignment]
-                             password: str = "twin") -> Json:
-    """The twin's scenario: the deployment's hosts and VMs as its GETs show them.
+def snapshot_of(api: Api) -> Json:
+    """The deployment as ``cockpit-api snapshot`` takes it (hosts, VMs with their stale
+    definitions, the finished jobs and each host pair's migration speed fitted from them),
+    read through the twin's own session: no second login, paced by ``--max-rate``.
 
-    One function on purpose: ``cockpit-api snapshot`` (issue 21) makes the same
-    document with more in it, and replaces this when it lands.
+    No charts (``metrics_vms=0``): the twin does not compare metrics, and a chart costs a
+    metrics read per running VM at each example.
     """
-    hosts, _ = api.all("/hosts", "hosts")
-    vms, _ = api.all("/vms", "vms")
+    from cockpit_api.snapshot import take as snapshot
 
-    def guest(name: str) -> Json:
+    def fetch(path: str, params: dict[str, Any] | None) -> tuple[int, Any]:
+        try:
+            r = api.get(path, **(params or {}))
+        except httpx.HTTPError as exc:
+            raise snapshot.SnapshotError(f"cannot reach {api.root}: {exc}") from None
+        return r.status, None if isinstance(r.body, str) else r.body
+
+    reader = snapshot.SessionReader(fetch, snapshot.public_url(api.root))
+    try:
+        return snapshot.snapshot_through(reader, metrics_vms=0)
+    except snapshot.SnapshotError as exc:
+        raise CannotStart(f"cannot take the deployment's snapshot: {exc}") from None
+
+
+def twin_scenario(data: Json, guests: list[GuestModel] = (),  # type: ignore[assignment]
+                  password: str = "twin") -> Json:
+    """The twin's scenario from a snapshot's data: the guest models of the known-differences
+    file (what the API cannot show: ACPI, shutdown time, disk size) and the twin's admin."""
+    vms = []
+    for v in data["vms"]:
+        vm = dict(v)
         for g in guests:
-            if g.matches(name):
-                return {"acpi": g.acpi, "shutdown_seconds": g.shutdown_seconds,
-                        "disk_gib": g.disk_gib}
-        return {}
-
-    return {
-        "name": "twin", "seed": 1,
-        "users": [{"username": "admin", "password": password, "role": "admin"}],
-        "hosts": [{"id": h["id"], "hostname": h["hostname"], "status": h["status"],
-                   "cpus": h["cpus"], "memory_mib": h["memory_mib"]} for h in hosts],
-        "vms": [{"id": v["id"], "name": v["name"], "host": v["host_id"], "status": v["status"],
-                 "vcpus": v["vcpus"], "memory_mib": v["memory_mib"],
-                 "persistent": v["persistent"], "guest": guest(v["name"])} for v in vms],
-    }
+            if g.matches(v["name"]):
+                vm["guest"] = {**v.get("guest", {}), "acpi": g.acpi,
+                               "shutdown_seconds": g.shutdown_seconds, "disk_gib": g.disk_gib}
+                break
+        vms.append(vm)
+    return dict(data, name="twin", seed=1, vms=vms,
+                users=[{"username": "admin", "password": password, "role": "admin"}])
 
 
 # --------------------------------------------------------------------------- worlds
