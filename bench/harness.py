@@ -540,3 +540,10 @@ def ceiling_token(secret: str) -> str:
     return jwt.encode({"sub": "admin", "role": "admin", "iat": now, "exp": now + 3600,
                        "jti": uuid.uuid4().hex, "iss": "cockpit-api", "aud": "cockpit-api",
                        "typ": "access"}, secret, algorithm="HS256")
+
+
+def write_results(results_dir: Path, name: str, result: Any, md: str, indent: int = 1) -> None:
+    """``NAME.json`` and ``NAME.md`` in the results folder (made if missing)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.json").write_text(json.dumps(result, indent=indent) + "\n")
+    (results_dir / f"{name}.md").write_text(md)

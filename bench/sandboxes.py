@@ -19,7 +19,6 @@ Writes ``bench/results/sandboxes-latest.{md,json}``. Goals (issue 12): each crea
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # bench/harness.py: ports, pinning, logins, RSS of a process
-from harness import Pinning, free_port, login, rss_kib
+from harness import Pinning, free_port, login, rss_kib, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -214,9 +213,7 @@ def main() -> int:
         "|---|---:|---:|---:|",
         *(f"| {k} | {v['rps']:,} | {v['p50_ms']} | {v['p99_ms']} |" for k, v in ld.items()),
         ""])
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "sandboxes-latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results_dir / "sandboxes-latest.md").write_text(md)
+    write_results(args.results_dir, "sandboxes-latest", result, md, indent=2)
     print(md)
     return 0
 
