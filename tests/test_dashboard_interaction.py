@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
+from backends import scenario as scenarios
 from tests.browser import TIMEOUT_MS, VIEWPORT, Console, skip_reason
 from tests.dashboard_support import (
     FRONTEND2_VM,
@@ -34,6 +38,7 @@ from tests.dashboard_support import (
     log_in,
     vm_row,
 )
+from tests.serving import ROOT
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page, Request
@@ -405,3 +410,86 @@ def test_a_sandboxs_dashboard_loads_without_an_error(page: Page, base: str) -> N
         assert failed == []
     finally:
         httpx.delete(f"{base}/_sim/sandboxes/{sandbox['id']}", headers=admin_headers(base))
+
+
+def _snapshot(base: str, out: Path) -> dict[str, Any]:
+    """The real `cockpit-api snapshot` of a served world (as tests/test_snapshot.py runs it)."""
+    p = subprocess.run(
+        [sys.executable, "-m", "cockpit_api.cli", "snapshot", "--base-url", base, "--username",
+         "admin", "--password-stdin", "--quiet", "--anonymize", "--salt", "dash", "-o", str(out)],
+        input="admin\n", cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    data: dict[str, Any] = scenarios.read_data(out)
+    return data
+
+
+def test_a_snapshot_file_uploaded_in_the_sandbox_form_is_the_new_sandboxs_world(
+        page: Page, base: str, tmp_path: Path) -> None:
+    # Anonymized: its host and VM names are none of the default world's, so a sandbox of
+    # the default scenario (the name box still says "default") cannot pass for it.
+    snap = tmp_path / "cluster.yaml"
+    data = _snapshot(base, snap)
+    assert snap.read_text(encoding="utf-8").startswith("#")
+    want_hosts = sorted(h["hostname"] for h in data["hosts"])
+    want_vms = sorted((v["id"], v["name"]) for v in data["vms"])
+    assert len(want_vms) == 14 and "web-frontend-01" not in {n for _, n in want_vms}
+    made: list[Any] = []
+    page.on("request", lambda r: made.append(r.post_data_json)
+            if r.method == "POST" and r.url.endswith("/_sim/sandboxes") else None)
+    log_in(page, base)
+    page.locator("#sandbox-file").set_input_files(str(snap))
+    page.get_by_label("Label").fill("from a snapshot")
+    page.locator("#sandbox-new").click()
+    item = page.locator("li[data-sandbox]", has_text="from a snapshot")
+    item.wait_for()
+    # Sent inline: the document itself, not a name (and no header comment in it).
+    assert len(made) == 1 and made[0]["scenario"]["hosts"] == data["hosts"]
+    sandbox = item.get_attribute("data-sandbox")
+    path = f"/sandboxes/{sandbox}"
+    try:
+        page.goto(f"{base}{path}/dashboard/")
+        page.get_by_role("button", name="Log in").click()
+        page.locator("tr[data-vm]").first.wait_for()
+        page.wait_for_function(
+            f"document.querySelectorAll('tr[data-vm]').length === {len(want_vms)}")
+        shown = sorted(page.locator("tr[data-vm]").evaluate_all(
+            "rows => rows.map(r => [r.dataset.vm,"
+            " r.querySelector('th.vm-name').firstChild.textContent.trim()])"))
+        assert [vm_id for vm_id, _ in shown] == [vm_id for vm_id, _ in want_vms]
+        for (_, name), (_, cell) in zip(want_vms, shown, strict=True):
+            assert cell == name, (name, cell)
+        hosts = sorted(page.locator(".sim-host-items li > span").evaluate_all(
+            "spans => spans.map(s => s.firstChild.textContent)"))
+        assert hosts == sorted(x.split(".")[0] for x in want_hosts)
+    finally:
+        httpx.delete(f"{base}/_sim/sandboxes/{sandbox}", headers=admin_headers(base))
+
+
+def test_a_scenario_file_the_page_or_the_server_refuses_says_why(
+        page: Page, base: str, console: Console, tmp_path: Path) -> None:
+    console.allow_status(400)
+    log_in(page, base)
+    # A hand-written YAML scenario: not read in the browser, and nothing is sent.
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url)
+            if r.method == "POST" and "/_sim/" in r.url else None)
+    page.locator("#sandbox-file").set_input_files(str(ROOT / "scenarios" / "default.yaml"))
+    page.locator("#sandbox-new").click()
+    problem = page.locator(".problem", has_text="Cannot read this file")
+    problem.wait_for()
+    assert "cockpit-api snapshot" in problem.inner_text() and sent == []
+    # A JSON document the server refuses: its 400 and the field it names.
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hosts": [{"hostname": "a.example"}], "colour": "blue"}', encoding="utf-8")
+    page.locator("#sim-scenario-file").set_input_files(str(bad))
+    page.get_by_role("button", name="Load").click()
+    page.locator(".problem[data-status='400']").wait_for()
+    assert len(sent) == 1 and sent[0].endswith("/_sim/scenario")
+    # And the same file in the sandbox form: its 400, and no sandbox made.
+    page.locator("#sandbox-file").set_input_files(str(bad))
+    page.locator("#sandbox-new").click()
+    page.locator(".problem[data-status='400']", has_text="New sandbox").wait_for()
+    assert len(sent) == 2 and sent[1].endswith("/_sim/sandboxes")
+    assert page.locator("li[data-sandbox]").count() == 0
+    # The world was kept.
+    assert page.locator("[data-sim='inventory']").inner_text() == "4 hosts, 14 VMs"

@@ -39,6 +39,7 @@ export type SandboxList = Body<simPaths["/sandboxes"]["get"], 200>;
 export type Sandbox = SandboxList["sandboxes"][number];
 export type SandboxRequest = NonNullable<JsonIn<simPaths["/sandboxes"]["post"]>>;
 export type LatencyRequest = JsonIn<simPaths["/latency"]["post"]>;
+export type ScenarioDocument = NonNullable<JsonIn<simPaths["/scenario"]["post"]>["data"]>;
 
 /** A failed call, carrying the server's problem (or one made up for a network failure). */
 export class ApiError extends Error {
@@ -264,6 +265,12 @@ export class Api {
   simScenario(name: string): Promise<SimState> {
     return this.call("POST", `${this.control}/scenario`,
       { name } satisfies JsonIn<simPaths["/scenario"]["post"]>);
+  }
+
+  /** A whole scenario document (a file read in the browser), sent inline. */
+  simScenarioData(data: ScenarioDocument): Promise<SimState> {
+    return this.call("POST", `${this.control}/scenario`,
+      { data } satisfies JsonIn<simPaths["/scenario"]["post"]>);
   }
 
   simHost(id: string, what: "disconnect" | "reconnect"): Promise<Host> {

@@ -179,6 +179,10 @@ export class Api {
     simScenario(name) {
         return this.call("POST", `${this.control}/scenario`, { name });
     }
+    /** A whole scenario document (a file read in the browser), sent inline. */
+    simScenarioData(data) {
+        return this.call("POST", `${this.control}/scenario`, { data });
+    }
     simHost(id, what) {
         return this.call("POST", `${this.control}/hosts/${id}/${what}`);
     }

@@ -2,10 +2,27 @@
 // cockpit_api/control.yaml, plus sandboxes where the server has them.
 import { ApiError } from "./api.js";
 import { announce, badge, h, replace, showError } from "./dom.js";
+import { readScenario, ScenarioFileError } from "./scenariofile.js";
 // A scenario's name (control.yaml's pattern). Chromium compiles `pattern` with the `v`
 // flag, where a `-` in a class must be escaped: "[A-Za-z0-9_-]" is invalid there, and an
 // invalid pattern checks nothing (any name reached the server).
 const SCENARIO_NAME = "[A-Za-z0-9_\\-]{1,64}";
+const SCENARIO_FILES = ".json,.yaml,.yml,.txt,application/json,text/plain";
+/** The picked scenario file's document, or null when none is picked (the name is used). */
+async function pickedScenario(input) {
+    const file = input.files?.[0];
+    if (!file)
+        return null;
+    try {
+        return readScenario(file.name, await file.text());
+    }
+    catch (err) {
+        // Shown like a server's problem, in the same place.
+        if (err instanceof ScenarioFileError)
+            throw new ApiError(0, "Cannot read this file", err.message, "");
+        throw err;
+    }
+}
 export class SimPanel {
     /** `relist(true)`: the world was replaced (a scenario, a reset); `inSandbox`: this page is a sandbox's. */
     constructor(api, root, relist, hostChanged, hosts, vms, inSandbox) {
@@ -72,11 +89,14 @@ export class SimPanel {
     scenarioForm() {
         const name = h("input", { id: "sim-scenario", list: "sim-scenarios", value: "default", required: true,
             pattern: SCENARIO_NAME, title: "letters, digits, _ and -, at most 64" });
-        const form = h("form", { class: "row" }, h("label", { for: "sim-scenario" }, "Name"), name, h("datalist", { id: "sim-scenarios" }, h("option", { value: "default" }), h("option", { value: "large" })), h("button", { type: "submit" }, "Load"), h("button", { type: "button", id: "sim-reset",
+        const file = h("input", { id: "sim-scenario-file", type: "file", accept: SCENARIO_FILES,
+            title: "a file made by cockpit-api snapshot, or a JSON scenario; it wins over the name" });
+        const form = h("form", { class: "row" }, h("label", { for: "sim-scenario" }, "Name"), name, h("datalist", { id: "sim-scenarios" }, h("option", { value: "default" }), h("option", { value: "large" })), h("label", { for: "sim-scenario-file" }, "or file"), file, h("button", { type: "submit" }, "Load"), h("button", { type: "button", id: "sim-reset",
             onclick: () => this.run("Reset", () => this.api.simReset(), "world") }, "Reset"));
         form.addEventListener("submit", (ev) => {
             ev.preventDefault();
-            this.run(`Load scenario ${name.value}`, () => this.api.simScenario(name.value), "world");
+            const picked = file.files?.[0];
+            this.run(picked ? `Load scenario file ${picked.name}` : `Load scenario ${name.value}`, () => pickedScenario(file).then((data) => data ? this.api.simScenarioData(data) : this.api.simScenario(name.value)), "world");
         });
         return form;
     }
@@ -176,13 +196,14 @@ export class SimPanel {
         }
         const scenario = h("input", { id: "sandbox-scenario", value: "default", list: "sim-scenarios",
             pattern: SCENARIO_NAME, title: "letters, digits, _ and -, at most 64", required: true });
+        const file = h("input", { id: "sandbox-file", type: "file", accept: SCENARIO_FILES });
         const speed = h("input", { id: "sandbox-speed", type: "number", min: 0, max: 10000, step: "any", value: "1" });
         const label = h("input", { id: "sandbox-label", maxlength: 200, placeholder: "optional" });
-        const form = h("form", { class: "grid2" }, h("label", { for: "sandbox-scenario" }, "Scenario"), scenario, h("label", { for: "sandbox-speed" }, "Speed"), speed, h("label", { for: "sandbox-label" }, "Label"), label, h("div", { class: "buttons" }, h("button", { type: "submit", id: "sandbox-new" }, "New sandbox")));
+        const form = h("form", { class: "grid2" }, h("label", { for: "sandbox-scenario" }, "Scenario"), scenario, h("label", { for: "sandbox-file" }, "Or a scenario file"), file, h("p", { class: "note hint" }, "made by cockpit-api snapshot, or JSON; a file wins over the name"), h("label", { for: "sandbox-speed" }, "Speed"), speed, h("label", { for: "sandbox-label" }, "Label"), label, h("div", { class: "buttons" }, h("button", { type: "submit", id: "sandbox-new" }, "New sandbox")));
         form.addEventListener("submit", (ev) => {
             ev.preventDefault();
-            const request = { scenario: scenario.value, speed: Number(speed.value), ...(label.value ? { label: label.value } : {}) };
-            this.api.createSandbox(request).then((sb) => {
+            const extra = { speed: Number(speed.value), ...(label.value ? { label: label.value } : {}) };
+            pickedScenario(file).then((data) => this.api.createSandbox({ scenario: data ?? scenario.value, ...extra })).then((sb) => {
                 announce(`Sandbox ${sb.id} created`);
                 return this.loadSandboxes();
             }).catch((err) => showError(err, "New sandbox"));
