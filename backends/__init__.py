@@ -1,10 +1,10 @@
-"""Cluster backends: one interface (:mod:`backends.base`), two implementations.
+"""Cluster backends: one interface (:mod:`cockpit_api.backends.base`), two implementations.
 
-``backends.sim`` is the simulated cluster; ``backends.libvirt`` drives real
-libvirt hosts and is only importable with the ``libvirt`` extra installed.
+``cockpit_api.backends.sim`` is the simulated cluster; ``cockpit_api.backends.libvirt``
+drives real libvirt hosts and is only importable with the ``libvirt`` extra installed.
 """
 
-from backends.base import (
+from cockpit_api.backends.base import (
     Backend,
     BackendError,
     Conflict,

@@ -43,9 +43,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 VmStatus = Literal[
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"
@@ -381,6 +383,113 @@ class Backend(Protocol):
 # --------------------------------------------------------------------------- ordering
 # Both backends list in the same order so that pages and cursors mean the same
 # thing whichever backend answers.
+
+
+# ------------------------------------------------------------------ the simulator's powers
+# What only a simulated backend can do: a scenario, a virtual clock, faults and latency.
+# Asked one way, :func:`simulator_of`; the server injects the latency (cockpit_api/app.py)
+# and mounts the control plane (handlers/control.py) when a backend has these powers.
+
+
+@dataclass(slots=True)
+class Fault:
+    """A failure armed by the control plane for the next matching call(s).
+
+    ``vm_id`` and ``host_id`` narrow it to calls on that VM, or on VMs of that
+    host (a migration matches its source and its destination), so that one
+    test's fault cannot fire in another test's flow.
+    """
+
+    operation: str  # "action" | "migrate"
+    mode: str = "reject"  # "reject": the call errors; "fail": the migration fails mid-way
+    status: int = 503
+    message: str = "injected fault"
+    at_percent: float = 50.0
+    remaining: int = 1
+    vm_id: str | None = None
+    host_id: str | None = None
+
+    def matches(self, operation: str, vm: Vm, destination: str | None) -> bool:
+        if self.operation != operation:
+            return False
+        if self.vm_id is not None and self.vm_id != vm.id:
+            return False
+        return self.host_id is None or self.host_id in (vm.host_id, destination)
+
+
+@dataclass(slots=True)
+class LatencyRule:
+    """Extra delay for requests whose path (under the base URL) matches a glob."""
+
+    ms: int
+    path: str  # fnmatch glob: "/api/v1/vms/*/migrate", "/api/v1/*/metrics"
+    method: str | None = None  # None: every method
+
+    def matches(self, path: str, method: str) -> bool:
+        return (self.method is None or self.method == method) \
+            and fnmatch.fnmatchcase(path, self.path)
+
+
+class SimClock(Protocol):
+    """Virtual time: ``now`` moves at ``speed`` virtual seconds per real second, and jumps
+    on ``advance``."""
+
+    speed: float
+
+    def now(self) -> float: ...
+    def advance(self, seconds: float) -> None: ...
+
+
+class DemoUser(Protocol):
+    @property
+    def username(self) -> str: ...
+    @property
+    def password(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+
+
+class ScenarioInfo(Protocol):
+    """A loaded scenario, as the server reads it (cockpit_api/backends/sim/scenario.py)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def hosts(self) -> Sequence[object]: ...
+    @property
+    def vms(self) -> Sequence[object]: ...
+    @property
+    def users(self) -> Sequence[DemoUser]: ...
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """The simulator's extra powers, on top of :class:`Backend`."""
+
+    latency_ms: int  # added to every API answer unless a rule matches
+    latency_rules: list[LatencyRule]  # newest first
+
+    @property
+    def clock(self) -> SimClock: ...
+    @property
+    def scenario(self) -> ScenarioInfo: ...
+    @property
+    def faults(self) -> Any: ...  # the armed faults, oldest first (a mutable sequence)
+
+    def settle(self) -> None: ...
+    def next_due(self) -> float | None: ...
+    def advance(self, seconds: float) -> float: ...
+    def reset(self, scenario: Any = None, *, built: Any = None) -> None: ...
+    def build_reset(self, scenario: Any = None) -> Any: ...  # what reset(built=) installs
+    def set_host_status(self, host_id: str, status: str) -> Host: ...
+    def inject_fault(self, fault: Fault) -> None: ...
+    def set_latency(self, ms: int, path: str | None = None, method: str | None = None) -> None: ...
+    def summary(self) -> dict[str, Any]: ...
+
+
+def simulator_of(backend: object) -> Simulator | None:
+    """The backend's simulator powers, or None (real hosts): the one way to ask."""
+    return backend if isinstance(backend, Simulator) else None
 
 
 def vm_sort_key(name: str, vm_id: str) -> str:

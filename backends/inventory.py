@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from backends.base import (
+from cockpit_api.backends.base import (
     FINAL_MIGRATION_STATUSES,
     CursorKind,
     Host,
@@ -83,7 +83,7 @@ def paginate(
 
 
 class InventoryObserver(Protocol):
-    """Told of every change, after it is made (the change feed, cockpit_api/feed.py).
+    """Told of every change, after it is made (the change feed, cockpit_api/feed/changes.py).
 
     Called synchronously from inside the backend's own update, so it must only
     record what it is told: never call back into the backend.

@@ -2,7 +2,7 @@
 
 It answers GET /api/v1/vms with fixed bytes (the mock's own answer to
 ``GET /api/v1/vms?limit=100``, captured by bench/run.py) after verifying the
-bearer token exactly as ``cockpit_api.auth.AuthService.verify`` does on a
+bearer token exactly as ``cockpit_api.auth.service.AuthService.verify`` does on a
 cache miss: HS256 pinned, audience, issuer, required claims, ``typ`` and
 ``role``, expiry. No routing table beyond one route, no validation, no
 middleware: whatever our server does above this costs is Connexion, the

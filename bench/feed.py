@@ -36,8 +36,6 @@ import os
 import platform
 import re
 import resource
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,11 @@ from array import array
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# bench/harness.py: ports, pinning, CPU and RSS of a process
+from harness import Pinning, free_port, process_cpu_seconds, rss_kib, runqueue_seconds
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -61,21 +64,6 @@ VMS = ("d13c513a-42f8-4da1-97b1-165f0971b7c4", "48a7c825-2abc-4619-a5ab-d89bd67e
 _ID = re.compile(rb"\nid: [0-9a-f]+-(\d+)\n|^id: [0-9a-f]+-(\d+)\n")
 # A vm event's VM: its data starts with the VM's id.
 _VM_EVENT = re.compile(rb'event: vm\ndata: \{"id":"([0-9a-f-]{36})"')
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def pinning() -> tuple[list[str], list[str]]:
-    mine = sorted(os.sched_getaffinity(0))
-    if len(mine) < 2 or shutil.which("taskset") is None:
-        return [], []
-    return ["taskset", "-c", str(mine[0])], ["taskset", "-c", ",".join(map(str, mine[1:]))]
 
 
 def http(method: str, url: str, body: Any = None, token: str | None = None
@@ -88,26 +76,6 @@ def http(method: str, url: str, body: Any = None, token: str | None = None
     with urllib.request.urlopen(req, timeout=30) as r:
         headers = {k.lower(): v for k, v in r.headers.items()}
         return r.status, headers, json.loads(r.read() or b"null")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def runqueue_seconds(pid: int) -> float:
-    """Time the server's main thread spent runnable but waiting for a CPU (a busy machine)."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 # ------------------------------------------------------------------ the driver (own process)
@@ -215,10 +183,12 @@ async def run_clients(args: argparse.Namespace, port: int, token: str, pid: int
         target=drive, args=(port, token, args.interval, count, start_at, queue))
     driver.start()
     await asyncio.sleep(max(0.0, start_at + args.warmup - time.time()))
-    cpu0, wall0, me0 = cpu_seconds(pid), time.monotonic(), time.process_time()
+    cpu0 = process_cpu_seconds(pid, children=False)
+    wall0, me0 = time.monotonic(), time.process_time()
     wait0 = runqueue_seconds(pid)
     await asyncio.sleep(args.duration)
-    cpu1, wall1, me1 = cpu_seconds(pid), time.monotonic(), time.process_time()
+    cpu1 = process_cpu_seconds(pid, children=False)
+    wall1, me1 = time.monotonic(), time.process_time()
     wait1 = runqueue_seconds(pid)
     sent, answered = await asyncio.to_thread(queue.get, True, 600)
     driver.join(30)
@@ -277,11 +247,12 @@ async def in_process(args: argparse.Namespace) -> dict[str, Any]:
     the change was made; CPU = this process's CPU time over the window.
     """
     sys.path.insert(0, str(ROOT))
-    from backends import scenario
-    from backends.sim import SimulatedBackend, VirtualClock
     from cockpit_api.app import create_app
+    from cockpit_api.backends.sim import scenario
+    from cockpit_api.backends.sim.backend import SimulatedBackend
+    from cockpit_api.backends.sim.clock import VirtualClock
     from cockpit_api.config import Settings
-    from cockpit_api.feed import feed_of
+    from cockpit_api.feed.changes import feed_of
 
     sim = SimulatedBackend(scenario.load("default"), VirtualClock(time.time(), speed=1.0))
     # One user holds every subscriber: past the stream caps (32 per user, 1,000 in all).
@@ -384,7 +355,8 @@ def main() -> int:
         client_main(args, int(port), token, int(pid), Path(out))
         return 0
 
-    server_pin, client_pin = ([], []) if args.no_pin else pinning()
+    pin = Pinning.choose(not args.no_pin)
+    server_pin, client_pin = pin.server, pin.client
     port = free_port()
     # One user holds every subscriber: past the stream caps (32 per user, 1,000 in all).
     env = dict(os.environ, COCKPIT_JWT_SECRET=SECRET, COCKPIT_MAX_STREAMS_PER_USER="100000",

@@ -26,15 +26,16 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests/bytecodes.py
 
+import harness  # bench/harness.py: servers, pinning, wrk
 import run
 
 
 def export(ref: str, into: Path) -> Path:
-    raw = subprocess.run(["git", "archive", ref], cwd=run.ROOT, capture_output=True,
+    raw = subprocess.run(["git", "archive", ref], cwd=harness.ROOT, capture_output=True,
                          check=True, timeout=60).stdout
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         tar.extractall(into, filter="data")
@@ -49,52 +50,22 @@ def bytecodes() -> int:
 
     from cockpit_api.app import create_app
     from cockpit_api.config import Settings
-    from cockpit_api.logs import JsonAccessLog
+    from cockpit_api.ops.logs import JsonAccessLog
+    from tests.bytecodes import least_bytecodes  # the counter tests/test_ops.py uses
 
     app = create_app(Settings(jwt_secret="bench-secret-" + "x" * 32))
     layer = app.inner  # the AccessMiddleware around the Connexion app
     with TestClient(app) as client:
-        r = client.post(f"{run.PREFIX}/auth/login",
+        r = client.post(f"{harness.PREFIX}/auth/login",
                         json={"username": "admin", "password": "admin"})
         token = r.json()["token"]
     headers = [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode())]
-    count = [0]
-
-    def tracer(frame: Any, event: str, _arg: Any) -> Any:
-        frame.f_trace_opcodes = True
-        if event == "opcode":
-            count[0] += 1
-        return tracer
-
-    async def one() -> int:
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                assert message["status"] == 200, message
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": "GET", "scheme": "http", "path": "/api/v1/vms",
-                 "raw_path": b"/api/v1/vms", "query_string": b"limit=100", "root_path": "",
-                 "headers": list(headers), "client": ("127.0.0.1", 1),
-                 "server": ("127.0.0.1", 80)}
-        count[0] = 0
-        sys.settrace(tracer)
-        try:
-            await app(scope, receive, send)
-        finally:
-            sys.settrace(None)
-        return count[0]
-
     async def measure() -> dict[str, int]:
         out = {}
         for name in ("off", "metrics", "metrics+json"):
             app.inner = layer.app if name == "off" else layer
             layer.access_log = JsonAccessLog() if name == "metrics+json" else None
-            for _ in range(20):  # warm: caches, first-request work
-                await one()
-            out[name] = min([await one() for _ in range(5)])
+            out[name] = await least_bytecodes(app, headers, warm=20, runs=5)
         return out
 
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the access lines, for the process's life
@@ -117,9 +88,9 @@ def main() -> int:
     if args.bytecodes:
         return bytecodes()
     plan = run.Plan.make(quick=False)
-    pin = run.Pinning.choose(True)
+    pin = harness.Pinning.choose(True)
     tmp = Path(tempfile.mkdtemp(prefix="cockpit-ops-bench-"))
-    wrk = run.Wrk(plan, pin, tmp)
+    wrk = harness.Wrk(plan, pin, tmp)
     base_tree = export(args.base_ref, tmp / "base")
     py = sys.executable
     variants = {
@@ -129,20 +100,20 @@ def main() -> int:
         "metrics+json": [py, "-m", "cockpit_api.cli", "serve", "--log-format", "json",
                          "--access-log"],
     }
-    targets: dict[str, run.Target] = {}
+    targets: dict[str, harness.Target] = {}
     try:
         for name, cmd in variants.items():
-            port = run.free_port()
-            server = run.Server(name, [*pin.server, *cmd, "--port", str(port)], port,
+            port = harness.free_port()
+            server = harness.Server(name, [*pin.server, *cmd, "--port", str(port)], port,
                                 tmp).start()
-            server.wait_ready(f"{run.PREFIX}/openapi.json")
-            token = run.login(server.base)
-            targets[name] = run.Target(server.base + run.LIST_100, token, server=server)
-        print(f"machine: {run.machine()}\npinning: {pin.describe()}", flush=True)
-        results = run.interleaved(wrk, targets, args.warmup, args.duration, args.rounds,
+            server.wait_ready(f"{harness.PREFIX}/openapi.json")
+            token = harness.login(server.base)
+            targets[name] = harness.Target(server.base + harness.LIST_100, token, server=server)
+        print(f"machine: {harness.machine()}\npinning: {pin.describe()}", flush=True)
+        results = harness.interleaved(wrk, targets, args.warmup, args.duration, args.rounds,
                                   lambda m: print(m, flush=True))
     finally:
-        run.stop_all()
+        harness.stop_all()
     base = results["base"]
     # On a shared machine req/s follows the neighbours; requests per CPU-second of the
     # server is the cost that matters here, so both are shown.

@@ -35,22 +35,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run as harness  # bench/run.py: servers, pinning, wrk
+import harness  # bench/harness.py: servers, pinning, wrk
 
 # Innermost matching frame wins. Frames matching nothing are neutral helpers.
 LAYERS: list[tuple[str, str]] = [
     ("uvicorn + httptools: HTTP parsing, socket writes", r"uvicorn/|httptools"),
     ("event loop (uvloop, asyncio)", r"asyncio/|uvloop"),
-    ("CockpitApp wrapper (cockpit_api/app.py)", r"cockpit_api/(app|state)\.py"),
+    ("CockpitApp wrapper (cockpit_api/app.py)", r"cockpit_api/app\.py"),
     ("middleware plumbing: ServerError, CORS, exceptions, lifespan, context",
      r"connexion/middleware/(main|server_error|exceptions|lifespan|abstract|context)\.py"
      r"|connexion/apps/abstract\.py|starlette/middleware/|starlette/_exception_handler\.py"),
-    ("compiled pipeline: route table, argument plan, glue (cockpit_api/pipeline.py, "
-     "connexion_parts.py)", r"cockpit_api/(pipeline|connexion_parts)\.py"),
+    ("compiled pipeline: route table, argument plan, glue (cockpit_api/http/pipeline.py, "
+     "connexion_parts.py)", r"cockpit_api/http/(pipeline|connexion_parts)\.py"),
     ("routing: Swagger UI router, RoutingMiddleware, starlette Router",
      r"connexion/middleware/(swagger_ui|routing)\.py|starlette/routing\.py"),
     ("security: Connexion's check (security.py)", r"connexion/(middleware/)?security\.py"),
-    ("security: our bearer_info + pyjwt", r"cockpit_api/auth\.py|\bjwt/"),
+    ("security: our bearer_info (state.py), the auth service + pyjwt",
+     r"cockpit_api/(state|auth/service)\.py|\bjwt/"),
     ("request validation: Connexion validators + jsonschema",
      r"connexion/validators/|connexion/middleware/(request|response)_validation\.py|jsonschema"
      r"|referencing/|rpds|attr/_make"),
@@ -59,7 +60,7 @@ LAYERS: list[tuple[str, str]] = [
     ("Connexion handler invocation: decorators, response conversion",
      r"connexion/(decorators/|apps/asynchronous|frameworks/)"),
     ("our handler + backend (handlers/, backends/)", r"handlers/|backends/"),
-    ("JSON serialisation (json.dumps in handlers._common.ok)", r"json/"),
+    ("JSON serialisation (json.dumps in cockpit_api.handlers._common.ok)", r"json/"),
     ("starlette Response object", r"starlette/responses\.py"),
 ]
 _COMPILED = [(name, re.compile(rx)) for name, rx in LAYERS]
@@ -78,9 +79,9 @@ WATCH: list[tuple[str, str]] = [
     ("ConnexionRequest + starlette Request construction", r"^(ConnexionRequest|Request)\.__init__"),
     ("query string parsing (QueryParams + URI parser)",
      r"^QueryParams\.__init__|^OpenAPIURIParser\.resolve_query|^AbstractURIParser\.resolve_query"),
-    ("handlers.vms.list_vms", r"^list_vms \(handlers/vms\.py\)"),
+    ("cockpit_api.handlers.vms.list_vms", r"^list_vms \(handlers/vms\.py\)"),
     ("backend.list_vms (settle + page)", r"list_vms \(backends/"),
-    ("handlers._common.ok (json.dumps + Response)", r"^ok \(handlers/_common\.py\)"),
+    ("cockpit_api.handlers._common.ok (json.dumps + Response)", r"^ok \(handlers/_common\.py\)"),
     ("json.dumps", r"^dumps \(json/"),
     ("pyjwt decode", r"\(jwt/"),
     ("AuthService.verify (token cache hit)", r"^AuthService\.verify"),

@@ -19,12 +19,10 @@ Writes ``bench/results/sandboxes-latest.{md,json}``. Goals (issue 12): each crea
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,34 +33,15 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# bench/harness.py: ports, pinning, logins, RSS of a process
+from harness import Pinning, free_port, login, rss_kib, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-of-at-least-thirty-two-bytes!"
 PATH = "/api/v1/vms?limit=100"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() else []
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def _login(http: httpx.Client, base: str) -> dict[str, str]:
-    r = http.post(f"{base}/api/v1/auth/login", json={"username": "admin", "password": "admin"})
-    r.raise_for_status()
-    return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
 def _wrk(url: str, token: str, seconds: int) -> dict[str, float]:
@@ -70,8 +49,9 @@ def _wrk(url: str, token: str, seconds: int) -> dict[str, float]:
     script.write_text(f'wrk.headers["Authorization"] = "Bearer {token}"\n')
     try:
         out = subprocess.run(
-            [*_pin(1), "wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", "-s", str(script),
-             url], capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+            [*Pinning.choose(True).client, "wrk", "-t2", "-c32", f"-d{seconds}s", "--latency",
+             "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 30,
+            check=True).stdout
     finally:
         script.unlink()
     if "Non-2xx" in out or "Socket errors" in out:
@@ -97,9 +77,9 @@ def _heap(count: int) -> dict[str, float]:
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
     sys.path.insert(0, str(ROOT))
-    from backends.base import PageRequest, VmFilter
+    from cockpit_api.backends.base import PageRequest, VmFilter
     from cockpit_api.config import Settings
-    from cockpit_api.sandboxes import SandboxRegistry
+    from cockpit_api.sandboxes.registry import SandboxRegistry
 
     registry = SandboxRegistry(Settings(sandbox_max=count + 1), time.time, [])
 
@@ -138,15 +118,15 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
-    port = _port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     # Its own state directory: never the user's (whose store may be of another version).
     state = tempfile.TemporaryDirectory(prefix="cockpit-bench-")
     env = dict(os.environ, COCKPIT_JWT_SECRET=SECRET, COCKPIT_SANDBOX_MAX=str(args.count + 1),
                PYTHONPATH=str(ROOT), COCKPIT_STATE_DIR=state.name)
     proc = subprocess.Popen(
-        [*_pin(0), sys.executable, "-m", "cockpit_api.cli", "serve", "--port", str(port),
-         "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True,
+        [*Pinning.choose(True).server, sys.executable, "-m", "cockpit_api.cli", "serve",
+         "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -161,9 +141,9 @@ def main() -> int:
                     print("the server did not start", file=sys.stderr)
                     return 2
                 time.sleep(0.1)
-            root = _login(http, base)
+            root = {"Authorization": f"Bearer {login(base)}"}
             http.get(f"{base}{PATH}", headers=root).raise_for_status()
-            rss0 = _rss_mib(proc.pid)
+            rss0 = rss_kib(proc.pid) / 1024
             times, boxes = [], []
             for _ in range(args.count):
                 t = time.perf_counter()
@@ -172,13 +152,13 @@ def main() -> int:
                 times.append((time.perf_counter() - t) * 1000)
                 r.raise_for_status()
                 boxes.append(r.json()["base_url"])
-            rss_created = _rss_mib(proc.pid)
+            rss_created = rss_kib(proc.pid) / 1024
             tokens = []
             for box in boxes:
-                h = _login(http, box)
+                h = {"Authorization": f"Bearer {login(box)}"}
                 http.get(f"{box}{PATH}", headers=h).raise_for_status()
                 tokens.append(h["Authorization"].split()[1])
-            rss1 = _rss_mib(proc.pid)
+            rss1 = rss_kib(proc.pid) / 1024
         loads: dict[str, list[dict[str, float]]] = {"default world": [], "a sandbox": []}
         for _ in range(args.rounds):
             loads["default world"].append(_wrk(f"{base}{PATH}", root["Authorization"].split()[1],
@@ -233,9 +213,7 @@ def main() -> int:
         "|---|---:|---:|---:|",
         *(f"| {k} | {v['rps']:,} | {v['p50_ms']} | {v['p99_ms']} |" for k, v in ld.items()),
         ""])
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "sandboxes-latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results_dir / "sandboxes-latest.md").write_text(md)
+    write_results(args.results_dir, "sandboxes-latest", result, md, indent=2)
     print(md)
     return 0
 

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +24,12 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> int:
@@ -41,7 +38,7 @@ def main() -> int:
     ap.add_argument("--scenario", default="large")
     ap.add_argument("--metrics-vms", type=int, default=500)
     args = ap.parse_args()
-    port = _free_port()
+    port = free_port()
     state = tempfile.TemporaryDirectory(prefix="bench-snapshot-")
     env = dict(os.environ, COCKPIT_JWT_SECRET="bench-secret-of-at-least-thirty-two-bytes!",
                COCKPIT_STATE_DIR=state.name)
@@ -80,7 +77,7 @@ def main() -> int:
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"snapshot failed: {err}")
         sys.path.insert(0, str(ROOT))
-        from backends import scenario as scenarios
+        from cockpit_api.backends.sim import scenario as scenarios
 
         t1 = time.monotonic()
         sc = scenarios.load(out)

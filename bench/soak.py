@@ -16,7 +16,7 @@ VMs on 8 hosts, and a migrator starts ``--migrate-rate`` migrations a second in
 it: their progress events (every 0.5 s per running job) fill its feed history
 within the run. The server's RSS is read from ``/proc`` every second
 with each world's feed position; once the default world's feed history is full
-(:data:`cockpit_api.feed.HISTORY` events) RSS should stay flat.
+(:data:`cockpit_api.feed.changes.HISTORY` events) RSS should stay flat.
 
 Writes ``bench/results/soak-latest.{json,md}``: the samples, the requests by
 status, and RSS at the moment the history filled, at the end, the growth between
@@ -29,11 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,11 +44,16 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# bench/harness.py: ports, RSS of a process, results files
+from harness import free_port, rss_kib, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-of-at-least-thirty-two-bytes!"
 API = "/api/v1"
-HISTORY = 10_000  # cockpit_api.feed.HISTORY (not imported: the bench runs the server apart)
+HISTORY = 10_000  # cockpit_api.feed.changes.HISTORY (not imported: the bench runs the server apart)
 
 
 @dataclass
@@ -61,20 +64,6 @@ class World:
     vms: list[str] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
     sandbox: bool = False
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def _slope(points: list[tuple[float, float]]) -> float:
@@ -251,7 +240,7 @@ async def _run(base: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
         while time.monotonic() < deadline:
             positions = await _positions(http, worlds)
             samples.append({"t": round(time.monotonic() - t0, 1),
-                            "rss_mib": round(_rss_mib(pid), 2), "positions": positions})
+                            "rss_mib": round(rss_kib(pid) / 1024, 2), "positions": positions})
             await asyncio.sleep(1)
         # Clients stop at the deadline; a stream blocked in a read is cancelled.
         _done, pending = await asyncio.wait(tasks, timeout=3)
@@ -259,7 +248,7 @@ async def _run(base: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         samples.append({"t": round(time.monotonic() - t0, 1),
-                        "rss_mib": round(_rss_mib(pid), 2),
+                        "rss_mib": round(rss_kib(pid) / 1024, 2),
                         "positions": await _positions(http, worlds)})
     full = next((s for s in samples if s["positions"][0] >= HISTORY), None)
     after = [s for s in samples if full is not None and s["t"] >= full["t"]]
@@ -296,7 +285,7 @@ def main() -> int:
     args = ap.parse_args()
     if not 0 < args.seconds <= 600:
         ap.error("--seconds is between 0 and 600")
-    port = _port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     state = tempfile.TemporaryDirectory(prefix="cockpit-soak-")
     env = dict(os.environ, COCKPIT_JWT_SECRET=SECRET, COCKPIT_STATE_DIR=state.name,
@@ -355,9 +344,7 @@ def main() -> int:
         f"{s.get('rss_slope_after_full_mib_per_min', '-')} |", "",
         f"Feed positions at the end (default, sandboxes): {result['samples'][-1]['positions']}.",
         f"Server errors logged: {len(result['server_errors'])}.", ""])
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "soak-latest.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.results_dir / "soak-latest.md").write_text(md)
+    write_results(args.results_dir, "soak-latest", result, md, indent=1)
     print(md)
     return 0
 

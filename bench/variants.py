@@ -47,7 +47,8 @@ sys.path.insert(0, str(BENCH))
 
 
 def p_connexion_stack() -> None:
-    """Not a change: the server as it was before the compiled pipeline (cockpit_api/pipeline.py),
+    """Not a change: the server as it was before the compiled pipeline
+    (cockpit_api/http/pipeline.py),
     every request through Connexion's own per-request middleware stack. The reference the
     pipeline's gains are measured against (``compiled_pipeline = false`` in a config file does
     the same)."""
@@ -77,8 +78,8 @@ def p_page_cache() -> None:
     """
     from starlette.responses import Response
 
-    from backends import inventory
-    from handlers import _common, vms
+    from cockpit_api.backends import inventory
+    from cockpit_api.handlers import _common, vms
 
     generation = [0]  # one counter for every inventory: a new scenario never reuses a value
 
@@ -196,13 +197,15 @@ def serve(patches: list[str], cli_args: list[str]) -> int:
 
 
 def drive(args: argparse.Namespace) -> int:
-    import run as harness
+    import harness
+    import report
+    import run
 
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    plan = harness.Plan.make(args.quick)
+    plan = run.Plan.make(args.quick)
     plan.rounds = args.rounds or plan.rounds
     plan.duration = args.duration or plan.duration
     pin = harness.Pinning.choose(True)
@@ -280,7 +283,7 @@ def drive(args: argparse.Namespace) -> int:
         lines.append(
             f"| {name} | {row['rps']:,.0f} | {row['rps'] / base['rps']:.2f}x | "
             f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-            f"{harness._opt(row['req_per_cpu_s'], ',.0f')} | {gcs.get('gen2_count', '')} | "
+            f"{report._opt(row['req_per_cpu_s'], ',.0f')} | {gcs.get('gen2_count', '')} | "
             f"{gcs.get('gen2_max_ms', '')} |")
     md = "\n".join(lines) + "\n"
     print("\n" + md)

@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import connexion
@@ -29,39 +28,40 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from backends.base import Backend, BackendError, PageRequest
-from cockpit_api import logs, problems, web
-from cockpit_api.access import AccessMiddleware
-from cockpit_api.audit import READS, Auditor, OperationIndex
-from cockpit_api.auth import (
+from cockpit_api.auth.service import (
     AuthError,
-    AuthService,
-    AuthSettings,
     HashPool,
     SharedThrottle,
     User,
-    bearer_info,
     hash_password,
 )
+from cockpit_api.backends.base import Backend, BackendError, PageRequest, Simulator, simulator_of
 from cockpit_api.config import ConfigError, Settings
-from cockpit_api.feed import StreamGate, StreamLimits, feed_of
-from cockpit_api.limits import BodyLimits, RequestLimits
-from cockpit_api.pipeline import middlewares as compiled_pipeline
-from cockpit_api.sandboxes import MISSING_KEY as MISSING_SANDBOX
-from cockpit_api.sandboxes import PREFIX as SANDBOX_PREFIX
-from cockpit_api.sandboxes import SandboxRegistry
-from cockpit_api.served_spec import RawSpecs
-from cockpit_api.state import SCOPE_KEY, ReadyCheck, Services
+from cockpit_api.feed.changes import StreamGate, StreamLimits, feed_of
+from cockpit_api.http import problems, web
+from cockpit_api.http.access import AccessMiddleware
+from cockpit_api.http.body_limits import BodyLimits, RequestLimits
+from cockpit_api.http.pipeline import middlewares as compiled_pipeline
+from cockpit_api.http.served_spec import CONTROL_SPEC, OPS_SPEC, PACKAGE, SPEC, RawSpecs
+from cockpit_api.http.validators import validator_map
+from cockpit_api.ops import logs
+from cockpit_api.ops.audit import READS, Auditor, OperationIndex
+from cockpit_api.ops.prometheus import Metrics
+from cockpit_api.sandboxes.registry import SandboxRegistry
+from cockpit_api.state import (
+    MISSING_SANDBOX,
+    SANDBOX_PREFIX,
+    SCOPE_KEY,
+    ReadyCheck,
+    Services,
+    bearer_info,
+)
 from cockpit_api.store import MEMORY_URL, Store, open_store
-from cockpit_api.telemetry import Metrics
-from cockpit_api.validators import validator_map
+from cockpit_api.world import build_backend, build_services
 
 log = logging.getLogger("cockpit_api")
 
-ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "openapi.yaml"
-CONTROL_SPEC = Path(__file__).resolve().parent / "control.yaml"
-OPS_SPEC = Path(__file__).resolve().parent / "ops.yaml"  # /healthz, /readyz, /metrics
+ROOT = PACKAGE  # the specs' directory (cockpit_api/http/served_spec.py)
 API_PREFIX = "/api/v1"
 CONTROL_PREFIX = "/_sim"
 # Request headers a browser app may always send; Settings.cors_allow_headers adds more.
@@ -77,9 +77,9 @@ CORS_EXPOSE_HEADERS = ("Location", "Retry-After", "WWW-Authenticate", "X-Request
 
 class CockpitApp:
     """The ASGI app: picks the world a request is for, puts its services in the scope,
-    adds its simulated latency, and audits every write (cockpit_api/audit.py).
+    adds its simulated latency, and audits every write (cockpit_api/ops/audit.py).
 
-    ``/sandboxes/{id}/...`` is a sandbox (cockpit_api/sandboxes.py): the scope's
+    ``/sandboxes/{id}/...`` is a sandbox (cockpit_api/sandboxes/registry.py): the scope's
     ``root_path`` becomes ``/sandboxes/{id}``, below which the one shared Connexion
     app routes as at the root. Everything else is the default world.
     """
@@ -123,8 +123,8 @@ class CockpitApp:
                 path = path[len(box.path):]
         scope[SCOPE_KEY] = services
         if scope["type"] == "http":
-            latency_for = getattr(services.backend, "latency_for", None)
-            latency = latency_for(path, scope["method"]) if latency_for else 0
+            sim = services.sim
+            latency = latency_of(sim, path, scope["method"]) if sim is not None else 0
             if latency:
                 await self._sleep(latency / 1000)
             if scope["method"] not in READS:
@@ -133,20 +133,13 @@ class CockpitApp:
         await self.inner(scope, receive, send)
 
 
-def build_backend(settings: Settings, store: Store | None = None) -> Backend:
-    if settings.backend == "sim":
-        from backends import scenario
-        from backends.sim import SimulatedBackend, VirtualClock
-
-        clock = VirtualClock(settings.clock_start or float(int(time.time())), speed=settings.speed)
-        return SimulatedBackend(scenario.load(settings.scenario), clock)
-    try:
-        from backends.libvirt import LibvirtBackend
-    except ImportError as exc:
-        raise ConfigError(
-            "the libvirt backend needs libvirt-python: pip install -e '.[libvirt]' "
-            f"(it builds against Debian's libvirt-dev) ({exc})") from None
-    return LibvirtBackend.from_settings(settings, store=store)
+def latency_of(sim: Simulator, path: str, method: str) -> int:
+    """Milliseconds to hold a request for ``path`` (below its world's base URL): the newest
+    matching rule's, else the world's latency for every API answer."""
+    for rule in sim.latency_rules:
+        if rule.matches(path, method):
+            return rule.ms
+    return sim.latency_ms if path.startswith(API_PREFIX) else 0
 
 
 def _config_users(settings: Settings) -> list[User]:
@@ -155,8 +148,9 @@ def _config_users(settings: Settings) -> list[User]:
 
 def _users(settings: Settings, backend: Backend) -> list[User]:
     users = _config_users(settings)
-    scenario = getattr(backend, "scenario", None)
-    if scenario is not None:
+    sim = simulator_of(backend)
+    if sim is not None:
+        scenario = sim.scenario
         # Demo users exist only with the simulator, never in front of real hosts.
         known = {u.username for u in users}
         users += [User(u.username, hash_password(u.password), u.role)
@@ -177,7 +171,7 @@ def _precompute_signatures() -> None:
     """
     for name in ("auth", "hosts", "vms", "migrations", "metrics", "control", "ops", "events",
                  "sandboxes", "audit"):
-        module = importlib.import_module(f"handlers.{name}")
+        module = importlib.import_module(f"cockpit_api.handlers.{name}")
         for fn in list(vars(module).values()):
             if inspect.isfunction(fn) and fn.__module__ == module.__name__:
                 fn.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
@@ -196,17 +190,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     hasher = HashPool(settings.password_hash_workers)  # scrypt, off the loop, every world
     # Configured users exist in every world; their attempts count here, in one place.
     throttle = SharedThrottle(store, frozenset(u.username for u in settings.users))
-    auth = AuthService(
-        _users(settings, backend),
-        AuthSettings(settings.jwt_secret or None, settings.jwt_issuer, settings.jwt_audience,
-                     settings.token_ttl, settings.refresh_ttl, settings.max_failures_per_user,
-                     settings.max_failures_per_address, settings.failure_window,
-                     audit_retention=settings.audit_retention_days * 86400,
-                     refresh_grace=settings.refresh_grace),
-        clock=auth_clock, store=store, hasher=hasher, throttle=throttle,
-    )
-    services = Services(backend, auth, settings, Metrics(backend.info.kind, _version()),
-                        store=store)
+    services = build_services(settings, backend, _users(settings, backend), clock=auth_clock,
+                              metrics=Metrics(backend.info.kind, _version()),
+                              secret=settings.jwt_secret or None, store=store,
+                              hasher=hasher, throttle=throttle)
+    auth = services.auth
     services.metrics.source = backend  # /metrics reads the default world, whatever URL asks
     services.streams = StreamGate(StreamLimits.of(settings), services.metrics)
 
@@ -228,13 +216,13 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 
     writer = logs.access_writer(settings.log_format) if settings.access_log else None
     feed_of(backend)  # the change feed's history starts with the app
-    scenario = getattr(backend, "scenario", None)
-    if scenario is not None:  # the simulator: sandboxes are more simulated worlds
-        services.sandboxes = SandboxRegistry(settings, auth_clock, _config_users(settings),
-                                             services.metrics, streams=services.streams,
-                                             hasher=hasher, throttle=throttle,
-                                             ready_checks=world_checks)
-        services.sandboxes.remember(scenario.users, auth.users)
+    sim = services.sim
+    if sim is not None:  # the simulator: sandboxes are more simulated worlds
+        registry = SandboxRegistry(settings, auth_clock, _config_users(settings),
+                                   services.metrics, streams=services.streams,
+                                   hasher=hasher, throttle=throttle, ready_checks=world_checks)
+        registry.remember(sim.scenario.users, auth.users)
+        services.sandboxes = registry
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -253,7 +241,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             if writer is not None:
                 writer.flush()
 
-    # The compiled pipeline (cockpit_api/pipeline.py) serves every operation of every spec;
+    # The compiled pipeline (cockpit_api/http/pipeline.py) serves every operation of every spec;
     # Connexion's own layers below it serve the rest (UI, specs, 404/405, HEAD).
     app = connexion.AsyncApp(__name__, specification_dir=str(ROOT), lifespan=lifespan,
                              middlewares=compiled_pipeline(allow_below=(RawSpecs,))
@@ -270,7 +258,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         validator_map=validator_map(),
     )
     specs = {API_PREFIX: SPEC}
-    if backend.info.kind == "sim":
+    if sim is not None:
         app.add_api(CONTROL_SPEC, base_path=CONTROL_PREFIX, strict_validation=True,
                     validate_responses=settings.validate_responses,
                     validator_map=validator_map(), swagger_ui_options=_SWAGGER_UI)

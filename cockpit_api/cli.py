@@ -14,8 +14,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cockpit_api import logs
 from cockpit_api.config import ConfigError, Settings
+from cockpit_api.ops import logs
 
 banner = logging.getLogger("cockpit_api.serve")
 
@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from cockpit_api.app import create_app
-    from cockpit_api.protocol import HeadLimits, protocol_with
+    from cockpit_api.http.header_limits import HeadLimits, protocol_with
 
     app = create_app(settings)
     scheme = "https" if settings.tls_cert else "http"
@@ -56,8 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
     say(f"  Dashboard  {base}/dashboard/")
     say(f"  Swagger UI {base}/api/v1/ui/   spec {base}/api/v1/openapi.json")
     say(f"  health {base}/healthz   readiness {base}/readyz   metrics {base}/metrics")
-    scenario = getattr(app.services.backend, "scenario", None)
-    if scenario is not None:
+    sim = app.services.sim
+    if sim is not None:
+        scenario = sim.scenario
         say(f"  scenario {scenario.name!r}: {len(scenario.hosts)} hosts, {len(scenario.vms)} VMs;"
             f" control plane {base}/_sim/ui/")
         users = ", ".join(f"{u.username}/{u.password} ({u.role})" for u in scenario.users)
@@ -69,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
                        "clear; use --tls-cert/--tls-key or a TLS proxy", settings.host)
     # Everything built so far (spec, validators, scenario) lives as long as the process:
     # take it out of the collector's reach, or full collections stall requests 30-160 ms.
-    from cockpit_api.pipeline import prepare
+    from cockpit_api.http.pipeline import prepare
     prepare(app)  # Connexion's stack and the compiled pipelines, now rather than at start-up
     gc.collect()
     gc.freeze()
@@ -77,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
                              settings.header_timeout, settings.keepalive_timeout)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactSecrets())
-    # uvicorn's access log is off: ours (cockpit_api/access.py) has the request id, the
+    # uvicorn's access log is off: ours (cockpit_api/http/access.py) has the request id, the
     # operation and the user, and leaves out the query string. log_config=None keeps the
     # handlers logs.configure installed (with RedactSecrets, just above); uvicorn's
     # loggers propagate to them.
@@ -138,7 +139,7 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 class RedactSecrets(logging.Filter):
     """Blank tokens in log lines: a JWT anywhere, credential-like query values.
 
-    Bodies (passwords, refresh tokens) are never logged (cockpit_api/validators.py);
+    Bodies (passwords, refresh tokens) are never logged (cockpit_api/http/validators.py);
     access tokens travel in headers, which uvicorn does not log, but a URL can carry
     one (`?ticket=`) and uvicorn's access log and trace log print URLs.
     """
@@ -157,7 +158,7 @@ class RedactSecrets(logging.Filter):
 
 
 def _hash_password(args: argparse.Namespace) -> int:
-    from cockpit_api.auth import hash_password
+    from cockpit_api.auth.service import hash_password
 
     if args.password_stdin or not sys.stdin.isatty():
         # A pipe (`echo pw | cockpit-api hash-password`) is read like --password-stdin:
@@ -181,7 +182,7 @@ def _hash_password(args: argparse.Namespace) -> int:
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
-    from cockpit_api.auth import AuthService, AuthSettings
+    from cockpit_api.auth.service import AuthService, AuthSettings
     from cockpit_api.store import open_store
 
     # create_state=False: a mistyped --state-dir is an error, not a new empty store.
@@ -273,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "everywhere; if it is the current key, a new one replaces it")
     rk.set_defaults(func=_rotate_key)
 
-    from cockpit_api import conformance, snapshot, twin
+    from cockpit_api.conformance import runner as conformance
+    from cockpit_api.snapshot import take as snapshot
+    from cockpit_api.twin import command as twin
 
     conformance.add_parser(sub)
     snapshot.add_parser(sub)
@@ -296,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cockpit-api: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from cockpit_api.conformance import UsageError
+        from cockpit_api.conformance.runner import UsageError
 
         if isinstance(exc, UsageError):
             print(f"cockpit-api: {exc}", file=sys.stderr)

@@ -361,7 +361,7 @@ class Settings:
     backend: str = "sim"
     host: str = "127.0.0.1"
     port: int = 8080
-    # Serve operations through cockpit_api/pipeline.py (off: Connexion's own per-request stack).
+    # Serve operations through cockpit_api/http/pipeline.py (off: Connexion's own stack).
     compiled_pipeline: bool = True
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     # Request headers a browser may send besides the built-in ones (CORS_BASE_HEADERS).
@@ -370,7 +370,7 @@ class Settings:
     validate_responses: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
-    log_format: str = "text"  # or "json": one object per line (cockpit_api/logs.py)
+    log_format: str = "text"  # or "json": one object per line (cockpit_api/ops/logs.py)
     access_log: bool = False
     metrics_token: str | None = None  # None: /metrics is open (like most exporters)
     # Addresses (or networks) whose X-Forwarded-For/-Proto are believed; none by default

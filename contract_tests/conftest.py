@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from cockpit_api import pipeline
+from cockpit_api.http import pipeline
 from contract_tests.harness import JWT_SECRET, MAX_EXAMPLES, MAX_STEPS, ROOT, SEED, free_port
 
 # Every fuzzed request also checks the compiled pipeline's handler arguments against
-# Connexion's own get_arguments (cockpit_api/pipeline.py).
+# Connexion's own get_arguments (cockpit_api/http/pipeline.py).
 pipeline.Pipeline.crosscheck = True
 
 STARTUP_TIMEOUT = 30.0

@@ -19,7 +19,6 @@ Budget and seed come from the environment:
 from __future__ import annotations
 
 import os
-import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,14 @@ import schemathesis
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
-from cockpit_api.auth import AuthService
+from cockpit_api.auth.service import AuthService
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
+from tests.serving import free_port  # noqa: F401 - the tests' one, imported from here too
+from tests.serving import login as bearer_login
 
 ROOT = Path(__file__).resolve().parent.parent
 ST_CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
@@ -86,11 +88,8 @@ def reset_state(app: CockpitApp) -> None:
 def login(app: CockpitApp, username: str, password: str) -> str:
     """An access token, obtained the way a client gets one."""
     with asgi.get_client(cast(Any, app)) as client:
-        response = client.post("/api/v1/auth/login",
-                               json={"username": username, "password": password})
-    assert response.status_code == 200, response.text
-    token = response.json()["token"]
-    assert isinstance(token, str) and token
+        token = bearer_login(client, username, password)["Authorization"].removeprefix("Bearer ")
+    assert token
     return token
 
 
@@ -125,10 +124,3 @@ def make_target(spec_path: str, user: tuple[str, str] = ADMIN) -> Target:
     token = login(app, *user)
     schema = schemathesis.openapi.from_asgi(spec_path, app, config=st_config(token))
     return Target(app, token, schema)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

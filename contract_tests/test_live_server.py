@@ -37,8 +37,8 @@ OPERATIONS = sum(1 for item in yaml.safe_load((ROOT / "openapi.yaml").read_text(
 # Authenticated operations that must have been answered 2xx at least once.
 MUST_SUCCEED = [("GET", "/api/v1/hosts"), ("GET", "/api/v1/vms/{id}"),
                 ("POST", "/api/v1/vms/{id}/action")]
-# Our access log (cockpit_api/access.py, text format):
-# `INFO cockpit_api.access: GET /api/v1/hosts 200 1.2ms op=list_hosts user=admin rid=...`
+# Our access log (cockpit_api/http/access.py, text format):
+# `INFO cockpit_api.http.access: GET /api/v1/hosts 200 1.2ms op=list_hosts user=admin rid=...`
 ACCESS_LINE = re.compile(r"cockpit_api\.access: ([A-Z]+) (/\S*) (\d{3}) ")
 UUID = re.compile(r"/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 

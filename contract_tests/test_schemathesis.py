@@ -20,7 +20,7 @@ import schemathesis
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.generation import GenerationMode
 
-from backends.sim import SimulatedBackend
+from cockpit_api.backends.sim.backend import SimulatedBackend
 from contract_tests.harness import (
     API_SPEC,
     CONTROL_SPEC,

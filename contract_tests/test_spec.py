@@ -39,7 +39,7 @@ def test_dictionaries_match_the_default_scenario() -> None:
     """The known ids schemathesis.toml mixes into generated data are the scenario's."""
     import tomllib
 
-    from backends import scenario
+    from cockpit_api.backends.sim import scenario
 
     default = scenario.load("default")
     config = tomllib.loads(ST_CONFIG.read_text(encoding="utf-8"))

@@ -9,9 +9,9 @@ import re
 
 from starlette.responses import Response
 
-from backends.base import InvalidArgument
+from cockpit_api.backends.base import InvalidArgument
+from cockpit_api.handlers._common import Json, cached, iso, require_admin, services
 from cockpit_api.store import AuditEntry
-from handlers._common import Json, cached, iso, require_admin, services
 
 _PREFIX = "audit:"
 # An entry id as _cursor writes it: ASCII digits, no sign, no leading zero, at most 18
@@ -26,7 +26,7 @@ def _cursor(entry_id: int) -> str:
 def _before(cursor: str | None) -> int | None:
     """The entry id a cursor continues before; 400 ``invalid_cursor`` for any other cursor.
 
-    Like the other lists' (backends.base.PageRequest): a cursor names its list, and one
+    Like the other lists' (cockpit_api.backends.base.PageRequest): a cursor names its list, and one
     this list did not issue is refused rather than read as some position.
     """
     if cursor is None:

@@ -7,9 +7,9 @@ import asyncio
 from connexion import context, request
 from starlette.responses import Response
 
-from cockpit_api.auth import TokenPair
+from cockpit_api.auth.service import TokenPair
+from cockpit_api.handlers._common import Json, cached, iso, no_content, ok, services
 from cockpit_api.state import audit_note
-from handlers._common import Json, cached, iso, no_content, ok, services
 
 
 def _pair(pair: TokenPair) -> Response:

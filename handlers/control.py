@@ -6,17 +6,16 @@ import asyncio
 
 from starlette.responses import Response
 
-from backends import scenario as scenarios
-from backends.base import NotFound
-from backends.sim import Fault, SimulatedBackend
-from handlers._common import Json, backend, host_json, ok, require_admin, services
+from cockpit_api.backends.base import Fault, NotFound, Simulator
+from cockpit_api.backends.sim import scenario as scenarios
+from cockpit_api.handlers._common import Json, host_json, ok, require_admin, services
 
 
-def _sim() -> SimulatedBackend:
+def _sim() -> Simulator:
     require_admin()
-    b = backend()
-    assert isinstance(b, SimulatedBackend)  # the control API is only mounted for it
-    return b
+    sim = services().sim
+    assert sim is not None  # the control API is only mounted for the simulator
+    return sim
 
 
 async def get_state() -> Response:

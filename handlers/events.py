@@ -1,6 +1,6 @@
 """events: the change feed as Server-Sent Events or JSON long-poll, and EventSource tickets.
 
-The feed itself (numbering, history, resume, filters) is cockpit_api/feed.py;
+The feed itself (numbering, history, resume, filters) is cockpit_api/feed/changes.py;
 this module picks the representation from ``Accept``, authenticates the
 stream for as long as it lasts, and shapes the answers.
 """
@@ -17,10 +17,10 @@ from connexion import context, request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from cockpit_api.auth import AuthError, AuthService
-from cockpit_api.feed import Event, Feed, Filter, Resume, StreamSlot, feed_of
+from cockpit_api.auth.service import AuthError, AuthService
+from cockpit_api.feed.changes import Event, Feed, Filter, Resume, StreamSlot, feed_of
+from cockpit_api.handlers._common import ok, services
 from cockpit_api.state import Services
-from handlers._common import ok, services
 
 _POLL_LIMIT = 1000  # events per long-poll answer; `position` says where to continue
 _GONE = b": the sandbox was deleted or expired\n\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from handlers._common import backend, cached, feed, host_json, page_json, page_request
+from cockpit_api.handlers._common import backend, cached, feed, host_json, page_json, page_request
 
 
 async def list_hosts(limit: int = 100, cursor: str | None = None) -> Response:

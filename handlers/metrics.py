@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from backends.base import MetricsWindow
-from handlers._common import backend, cached, series_json
+from cockpit_api.backends.base import MetricsWindow
+from cockpit_api.handlers._common import backend, cached, series_json
 
 
 async def get_vm_metrics(id: str, start: int | None = None, end: int | None = None,  # noqa: A002

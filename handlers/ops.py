@@ -8,9 +8,9 @@ from connexion import request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from backends.base import Unavailable
-from cockpit_api.auth import AuthError
-from handlers._common import ok, services
+from cockpit_api.auth.service import AuthError
+from cockpit_api.backends.base import Unavailable
+from cockpit_api.handlers._common import ok, services
 
 
 async def healthz() -> Response:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from connexion import request
 from starlette.responses import Response
 
-from cockpit_api.auth import Forbidden
-from cockpit_api.sandboxes import Sandbox, SandboxRegistry
-from handlers._common import Json, iso, no_content, ok, require_admin, services
+from cockpit_api.auth.service import Forbidden
+from cockpit_api.handlers._common import Json, iso, no_content, ok, require_admin, services
+from cockpit_api.sandboxes.registry import Sandbox, SandboxRegistry
 
 
 def _registry() -> SandboxRegistry:
@@ -17,7 +17,8 @@ def _registry() -> SandboxRegistry:
         # One level only: a sandbox's admin steers its own world, not the server's.
         raise Forbidden("sandboxes are managed from the default world (the root /_sim), "
                         "by its admin", "sandbox_nested")
-    assert s.sandboxes is not None  # the control plane is only mounted for the simulator
+    # the control plane is only mounted for the simulator, which has the registry
+    assert isinstance(s.sandboxes, SandboxRegistry)
     return s.sandboxes
 
 

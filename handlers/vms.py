@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from backends.base import VmFilter
-from handlers._common import (
+from cockpit_api.backends.base import VmFilter
+from cockpit_api.handlers._common import (
     Json,
     backend,
     cached,

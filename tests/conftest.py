@@ -9,19 +9,21 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
-from cockpit_api import pipeline
 from cockpit_api.app import CockpitApp, create_app
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
+from cockpit_api.http import pipeline
 
 # Headless Chromium for any test that asks for `browser`, `context` or `page`.
 from tests.browser import browser, console, context, page  # noqa: F401
 from tests.lab_support import lab_env  # noqa: F401 - one lab per session for every lab module
 from tests.pg import Postgres, pg_bin, running_postgres
+from tests.serving import login
 
 # Every request of the suite goes through the compiled pipeline; this also checks each
-# one's handler arguments against Connexion's own get_arguments (cockpit_api/pipeline.py).
+# one's handler arguments against Connexion's own get_arguments (cockpit_api/http/pipeline.py).
 pipeline.Pipeline.crosscheck = True
 _SERVED = pipeline.Stats()  # summed over the suite's apps, printed at the end
 
@@ -121,12 +123,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{_SERVED.passed} passed to Connexion's stack (404/405, HEAD, UI, specs)")
 
 
-def login(client: TestClient, username: str, password: str) -> dict[str, str]:
-    r = client.post("/api/v1/auth/login", json={"username": username, "password": password})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
-
-
 @pytest.fixture
 def admin(client: TestClient) -> dict[str, str]:
     return login(client, "admin", "admin")
@@ -135,3 +131,19 @@ def admin(client: TestClient) -> dict[str, str]:
 @pytest.fixture
 def viewer(client: TestClient) -> dict[str, str]:
     return login(client, "viewer", "viewer")
+
+
+@pytest.fixture
+def password_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every password check the auth service makes, (password, stored hash), still made."""
+    import cockpit_api.auth.service as auth_mod
+
+    checked: list[tuple[str, str]] = []
+    real = auth_mod.verify_password
+
+    def counting(password: str, encoded: str) -> bool:
+        checked.append((password, encoded))
+        return real(password, encoded)
+
+    monkeypatch.setattr(auth_mod, "verify_password", counting)
+    return checked

@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cockpit_api.auth import hash_password
+from cockpit_api.auth.service import hash_password
 from cockpit_api.config import HostConfig, Settings, UserConfig
+from tests.serving import login
 
 if TYPE_CHECKING:
-    from backends.libvirt import LibvirtBackend
     from cockpit_api.app import CockpitApp
+    from cockpit_api.backends.libvirt import LibvirtBackend
 
 DATA = Path(__file__).resolve().parent / "data"
 NODES = ("node-a", "node-b", "node-c")
@@ -70,7 +71,7 @@ def write_state_file(path: Path, ids: dict[str, str] = HOST_IDS) -> Path:
 
 def make_backend(tmp_path: Path, **overrides: Any) -> LibvirtBackend:
     """A libvirt backend over the test-driver hosts (not started), with fixed host ids."""
-    from backends.libvirt import LibvirtBackend
+    from cockpit_api.backends.libvirt import LibvirtBackend
 
     state = tmp_path / "hosts.json"
     if not state.exists():
@@ -191,9 +192,7 @@ def libvirt_app(settings: Settings, backend: LibvirtBackend) -> CockpitApp:
 
 
 def login_headers(client: Any) -> dict[str, str]:
-    r = client.post("/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
+    return login(client, *ADMIN)
 
 
 def conformance_of_served_libvirt(hosts: list[tuple[str, str]], tmp_path: Path, *,

@@ -12,7 +12,7 @@ import connexion
 from connexion import context
 from starlette.responses import StreamingResponse
 
-from cockpit_api import pipeline
+from cockpit_api.http import pipeline
 
 SPEC = Path(__file__).resolve().parent / "data" / "pipeline.yaml"
 

@@ -26,6 +26,32 @@ def free_port() -> int:
         return port
 
 
+def login(client: Any, username: str, password: str) -> dict[str, str]:
+    """The bearer header of a fresh login (``client``: a TestClient, an httpx.Client or
+    anything with ``post``); every test logs in through this."""
+    r = client.post("/api/v1/auth/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+BROWSER_ORIGIN = "http://localhost:5173"  # a dev server's, as a browser app sends it
+
+
+def cors_allows(client: Any, path: str, headers: str,
+                read_path: str | None = None) -> tuple[str, str]:
+    """A browser's preflight for ``GET path`` with request ``headers``, then a GET of
+    ``read_path`` (default ``path``) from the same origin: (the allowed request headers,
+    the exposed response headers), lower-cased."""
+    r = client.options(path, headers={"Origin": BROWSER_ORIGIN,
+                                      "Access-Control-Request-Method": "GET",
+                                      "Access-Control-Request-Headers": headers})
+    assert r.status_code == 200, r.text
+    allowed = r.headers["access-control-allow-headers"].lower()
+    r = client.get(read_path or path, headers={"Origin": BROWSER_ORIGIN})
+    assert r.headers["access-control-allow-origin"] == "*"
+    return allowed, r.headers["access-control-expose-headers"].lower()
+
+
 @dataclass
 class Server:
     base: str
@@ -43,8 +69,10 @@ class Server:
 @contextlib.contextmanager
 def serve_process(argv: list[str], port: int, timeout: float = 30.0, *, scheme: str = "http",
                   verify: Any = True,
-                  env: dict[str, str | None] | None = None) -> Iterator[Server]:
-    """Run ``argv`` until it serves. ``env`` adds (or, with None, removes) variables.
+                  env: dict[str, str | None] | None = None,
+                  cwd: Path = ROOT) -> Iterator[Server]:
+    """Run ``argv`` (in ``cwd``) until it serves. ``env`` adds (or, with None, removes)
+    variables.
 
     ``verify``: what httpx checks the server's certificate with (an SSLContext for TLS).
     Unless ``env`` names one, the process keeps its state in a temporary
@@ -60,7 +88,7 @@ def serve_process(argv: list[str], port: int, timeout: float = 30.0, *, scheme: 
             full[key] = value
     # A file, not a pipe: a server that logs a lot must never block on a full pipe.
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(argv, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, cwd=cwd, env=full, stdout=log, stderr=subprocess.STDOUT,
                             text=True)
     server = Server(f"{scheme}://127.0.0.1:{port}", proc.pid, log, proc)
     try:

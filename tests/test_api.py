@@ -6,6 +6,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import NODE1, NODE2, NODE4
+from tests.seed_calls import reference_calls
+from tests.serving import cors_allows
 
 API = "/api/v1"
 
@@ -16,43 +18,7 @@ def _vm(client: TestClient, headers: dict[str, str], name: str) -> dict[str, obj
 
 
 def test_the_reference_calls_as_written(client: TestClient) -> None:
-    # 2. Log in with the payload as the reference writes it.
-    r = client.post(f"{API}/auth/login", json={"username": "admin", "password": "admin"},
-                    headers={"Content-Type": "application/json"})
-    assert r.status_code == 200
-    body = r.json()
-    headers = {"Authorization": f"Bearer {body['token']}", "Content-Type": "application/json"}
-    # Refresh with the reference payload.
-    r = client.post(f"{API}/auth/refresh", json={"refresh_token": body["refresh_token"]})
-    assert r.status_code == 200 and set(r.json()) == {"token", "refresh_token", "expires_in"}
-    # 3. GET /hosts: {"hosts": [{id, hostname, status, sync_cursor}]}, the reference's host first.
-    hosts = client.get(f"{API}/hosts", headers=headers).json()["hosts"]
-    assert {"id", "hostname", "status", "sync_cursor"} <= set(hosts[0])
-    assert hosts[0]["id"] == NODE1 and hosts[0]["hostname"] == "vapor-node-01.corp.awan.io"
-    assert isinstance(hosts[0]["sync_cursor"], int)
-    # 4. GET /vms, start one, force-stop it: the next GET shows each change.
-    off = _vm(client, headers, "build-runner-01")
-    r = client.post(f"{API}/vms/{off['id']}/action", json={"action": "start"}, headers=headers)
-    assert r.status_code == 200 and r.json()["status"] == "running"
-    assert client.get(f"{API}/vms/{off['id']}", headers=headers).json()["status"] == "running"
-    r = client.post(f"{API}/vms/{off['id']}/action", json={"action": "stop", "force": True},
-                    headers=headers)
-    assert r.status_code == 200
-    assert client.get(f"{API}/vms/{off['id']}", headers=headers).json()["status"] == "shutoff"
-    # Migrate with the reference's payload, exactly.
-    vm = _vm(client, headers, "web-frontend-01")
-    assert vm["host_id"] == NODE1
-    r = client.post(f"{API}/vms/{vm['id']}/migrate", headers=headers, json={
-        "destination_host_id": "019e0014-ffff-7057-b326-000000000002",
-        "live": True, "persistent": True, "undefine_source": True, "copy_storage": "none"})
-    assert r.status_code == 202
-    assert r.json()["status"] == "initiated" and isinstance(r.json()["migration_id"], str)
-    mid = r.json()["migration_id"]
-    assert r.headers["location"] == f"{API}/migrations/{mid}"
-    assert client.post("/_sim/clock", json={"advance": 60}, headers=headers).status_code == 200
-    job = client.get(f"{API}/migrations/{mid}", headers=headers).json()
-    assert job["status"] == "completed"
-    assert client.get(f"{API}/vms/{vm['id']}", headers=headers).json()["host_id"] == NODE2
+    reference_calls(client)
 
 
 def test_migration_progress_is_visible_while_it_runs(client: TestClient,
@@ -184,14 +150,9 @@ def test_metrics_over_http(client: TestClient, admin: dict[str, str]) -> None:
 
 
 def test_cors_lets_a_browser_app_send_authorization(client: TestClient) -> None:
-    r = client.options(f"{API}/vms", headers={
-        "Origin": "http://localhost:5173", "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization"})
-    assert r.status_code == 200
-    assert "authorization" in r.headers["access-control-allow-headers"].lower()
-    r = client.get(f"{API}/vms", headers={"Origin": "http://localhost:5173"})
-    assert r.headers["access-control-allow-origin"] == "*"
-    assert "www-authenticate" in r.headers["access-control-expose-headers"].lower()
+    allowed, exposed = cors_allows(client, f"{API}/vms", "authorization")
+    assert "authorization" in allowed
+    assert "www-authenticate" in exposed
 
 
 def test_the_spec_and_ui_are_served(client: TestClient) -> None:

@@ -17,7 +17,8 @@ import pytest
 from tests.serving import ROOT, free_port, serve_process
 
 ALLOWED = "d13c513a-42f8-4da1-97b1-165f0971b7c4"  # web-frontend-01
-# Our access log's lines (cockpit_api/access.py): `INFO cockpit_api.access: POST /api/v1/...`
+# Our access log's lines (cockpit_api/http/access.py):
+# `INFO cockpit_api.http.access: POST /api/v1/...`
 WRITE = re.compile(r"access: POST /api/v1/(vms/[^/ ]+/(action|migrate)|migrations/[^/ ]+/cancel)")
 
 

@@ -1,4 +1,4 @@
-"""Fails loudly when a Connexion upgrade changes what cockpit_api/connexion_parts.py relies on.
+"""Fails loudly when a Connexion upgrade changes what cockpit_api/http/connexion_parts.py relies on.
 
 Each test names one item of that module's docstring. If one fails after an upgrade,
 read the new Connexion code for that item, adapt connexion_parts.py (only), and keep
@@ -29,8 +29,8 @@ from connexion.middleware.security import SecurityOperation
 from connexion.security import AbstractSecurityHandler, SecurityHandlerFactory
 from connexion.validators import AbstractRequestBodyValidator, ParameterValidator
 
-from cockpit_api import connexion_parts as cx
-from cockpit_api import pipeline
+from cockpit_api.http import connexion_parts as cx
+from cockpit_api.http import pipeline
 
 
 def _keywords(fn: Any) -> set[str]:

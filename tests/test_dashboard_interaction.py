@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from backends import scenario as scenarios
+from cockpit_api.backends.sim import scenario as scenarios
 from tests.browser import TIMEOUT_MS, VIEWPORT, Console, skip_reason
 from tests.dashboard_support import (
     FRONTEND2_VM,

@@ -6,7 +6,7 @@ driver, both holding the same cluster (tests/libvirt_support.py builds the
 simulator's scenario from the test driver's XML, with the same ids), and
 compares the normalized answers after each step: the error (status and code)
 or the VM returned, then every VM's status, host and persistence, and every
-host's status, and the change feed's events of the step (cockpit_api/feed.py):
+host's status, and the change feed's events of the step (cockpit_api/feed/changes.py):
 the same event types for the same resources, with the same resulting states.
 
 Normalization, and why:
@@ -34,10 +34,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from backends import scenario
-from backends.base import Backend, BackendError, PageRequest, VmFilter
-from backends.sim import SimulatedBackend, VirtualClock
-from cockpit_api.feed import Event, feed_of
+from cockpit_api.backends.base import Backend, BackendError, PageRequest, VmFilter
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
+from cockpit_api.feed.changes import Event, feed_of
 from tests.conftest import T0
 from tests.libvirt_support import (
     HOST_IDS,

@@ -10,11 +10,12 @@ import asyncio
 
 import httpx
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import create_app
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
-from cockpit_api.feed import feed_of
+from cockpit_api.feed.changes import feed_of
 from tests.conftest import SECRET, T0, FakeClock
 from tests.sse import AsgiStream
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from backends.sim import Fault, SimulatedBackend
+from cockpit_api.backends.base import Fault
+from cockpit_api.backends.sim.backend import SimulatedBackend
 from tests.conftest import NODE1, NODE2, NODE4
 
 B = "/api/v1"

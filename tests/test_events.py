@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
-from cockpit_api.feed import Feed, feed_of
+from cockpit_api.feed.changes import Feed, feed_of
 from tests.conftest import NODE1, NODE2, SECRET, T0, FakeClock
 from tests.sse import AsgiStream, Frame
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cockpit_api.feed import feed_of
+from cockpit_api.feed.changes import feed_of
 from tests.libvirt_support import (
     ADMIN,
     HOST_IDS,

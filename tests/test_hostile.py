@@ -132,9 +132,10 @@ HOSTILE: list[Hostile] = [
 @pytest.fixture(scope="module")
 def shared() -> Iterator[tuple[TestClient, dict[str, str]]]:
     """One app for the whole table (building one takes a second): every case is refused."""
-    from backends import scenario
-    from backends.sim import SimulatedBackend, VirtualClock
     from cockpit_api.app import create_app
+    from cockpit_api.backends.sim import scenario
+    from cockpit_api.backends.sim.backend import SimulatedBackend
+    from cockpit_api.backends.sim.clock import VirtualClock
     from cockpit_api.config import Settings
     from tests.conftest import SECRET, T0, login
 
@@ -413,7 +414,7 @@ def test_no_password_or_token_reaches_the_log(server: Server) -> None:
 def test_hash_password_reads_a_pipe(tmp_path: Path) -> None:
     import subprocess
 
-    from cockpit_api.auth import verify_password
+    from cockpit_api.auth.service import verify_password
 
     run = subprocess.run([sys.executable, "-m", "cockpit_api.cli", "hash-password"],
                          input="s3cret\n", capture_output=True, text=True, timeout=60, check=False)
@@ -435,7 +436,7 @@ def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
     import asyncio
     from typing import Any
 
-    from cockpit_api.limits import BodyLimits, RequestLimits
+    from cockpit_api.http.body_limits import BodyLimits, RequestLimits
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("the app must not be reached")

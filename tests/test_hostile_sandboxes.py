@@ -20,13 +20,13 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from backends.base import Conflict
-from backends.sim import SimulatedBackend
 from cockpit_api.app import CockpitApp, create_app
-from cockpit_api.auth import _SCRYPT, hash_password
+from cockpit_api.auth.service import _SCRYPT, hash_password
+from cockpit_api.backends.base import Conflict
+from cockpit_api.backends.sim.backend import SimulatedBackend
 from cockpit_api.config import Settings, UserConfig
-from cockpit_api.feed import HISTORY, Feed, _tables, feed_of
-from cockpit_api.sandboxes import SandboxRegistry
+from cockpit_api.feed.changes import HISTORY, Feed, _tables, feed_of
+from cockpit_api.sandboxes.registry import SandboxRegistry
 from tests.conftest import SECRET, FakeClock, login
 from tests.serving import served
 

@@ -27,10 +27,11 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
-from cockpit_api.auth import AuthError, AuthService, AuthSettings, User, hash_password
+from cockpit_api.auth.service import AuthError, AuthService, AuthSettings, User, hash_password
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
 from cockpit_api.store import Store, open_store
 from tests.conftest import SECRET, T0, FakeClock, login

@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("libvirt", reason="libvirt-python is not installed: run "
                     "lab/install-deps.sh (or pip install -e '.[libvirt]')")
 
-from backends.base import Conflict, MigrationRequest
-from backends.libvirt import LibvirtBackend
+from cockpit_api.backends.base import Conflict, MigrationRequest
+from cockpit_api.backends.libvirt import LibvirtBackend
 from cockpit_api.store import JobRecord, Store, open_store
 from tests.libvirt_support import HOST_IDS, eventually, host_configs, make_backend
 

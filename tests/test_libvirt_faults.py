@@ -41,7 +41,7 @@ if shutil.which("libvirtd") is None or shutil.which("qemu-system-x86_64") is Non
 
 import httpx
 
-from cockpit_api.auth import hash_password
+from cockpit_api.auth.service import hash_password
 from tests.lab_support import NODE1, NODE2, TIMINGS, domstate, freeze, lab, thaw
 from tests.libvirt_support import poll
 from tests.serving import free_port, serve_process

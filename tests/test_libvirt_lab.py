@@ -41,8 +41,9 @@ if _MISSING:
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from backends.libvirt import LibvirtBackend  # noqa: E402
+from cockpit_api.backends.libvirt import LibvirtBackend  # noqa: E402
 from cockpit_api.config import HostConfig  # noqa: E402
+from cockpit_api.world import libvirt_backend  # noqa: E402
 from tests.lab_support import NODE1, NODE2, TIMINGS, domstate, lab, virsh  # noqa: E402
 from tests.libvirt_support import libvirt_app, libvirt_settings, login_headers, poll  # noqa: E402
 
@@ -110,7 +111,7 @@ def api(lab_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     # 20 MiB/s: lab-vm-busy never converges (cancel and kill tests); idle guests do not care.
     settings = libvirt_settings(hosts, tmp / "hosts.json", sample_seconds=0.5,
                                 resync_seconds=5, migration_bandwidth_mib=20)
-    backend = LibvirtBackend.from_settings(settings, reconnect_min_seconds=0.2,
+    backend = libvirt_backend(settings, reconnect_min_seconds=0.2,
                                            reconnect_max_seconds=1.0, progress_seconds=0.2,
                                            start_wait_seconds=30)
     with TestClient(libvirt_app(settings, backend)) as client:
@@ -355,9 +356,10 @@ def test_a_killed_destination_fails_the_migration_and_comes_back(api: Lab) -> No
 def test_the_simulator_answers_like_the_lab(api: Lab) -> None:
     """One scripted sequence of actions and migrations, sent through the API to the lab
     (real QEMU) and to a simulator holding a copy of the lab's cluster: same answers."""
-    from backends import scenario
-    from backends.sim import SimulatedBackend, VirtualClock
     from cockpit_api.app import create_app
+    from cockpit_api.backends.sim import scenario
+    from cockpit_api.backends.sim.backend import SimulatedBackend
+    from cockpit_api.backends.sim.clock import VirtualClock
     from cockpit_api.config import Settings
 
     name = "lab-vm-03"

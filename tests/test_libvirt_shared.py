@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from backends import scenario
-from backends.base import (
+from cockpit_api.backends.base import (
     Backend,
     BackendError,
     Conflict,
@@ -34,7 +33,9 @@ from backends.base import (
     Vm,
     VmFilter,
 )
-from backends.sim import SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from tests.conftest import T0
 from tests.libvirt_support import (
     HOST_IDS,
@@ -297,8 +298,8 @@ def test_a_lost_host_reads_disconnected_and_refuses_work(cluster: Cluster) -> No
 
 def _world(cluster: Cluster) -> tuple[Any, ...]:
     """Everything a dry run must leave alone: VMs, hosts, jobs, the change feed's position."""
-    from backends.base import MigrationFilter
-    from cockpit_api.feed import feed_of
+    from cockpit_api.backends.base import MigrationFilter
+    from cockpit_api.feed.changes import feed_of
 
     b = cluster.backend
     hosts = cluster.run(b.list_hosts(PageRequest(1000))).items

@@ -11,12 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import ConfigError, Settings
-from cockpit_api.logs import JsonFormatter
+from cockpit_api.ops.logs import JsonFormatter
 from tests.conftest import NODE2, SECRET, T0, FakeClock
+from tests.serving import cors_allows
 
 API = "/api/v1"
 WEB_FRONTEND_01 = "d13c513a-42f8-4da1-97b1-165f0971b7c4"
@@ -126,13 +128,10 @@ def test_the_request_id_is_in_the_scope_for_handlers(app: CockpitApp) -> None:
 
 
 def test_cors_lets_a_browser_send_and_read_the_request_id(client: TestClient) -> None:
-    r = client.options(f"{API}/vms", headers={
-        "Origin": "http://localhost:5173", "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization,x-request-id"})
-    assert r.status_code == 200
-    assert "x-request-id" in r.headers["access-control-allow-headers"].lower()
-    r = client.get("/healthz", headers={"Origin": "http://localhost:5173"})
-    assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+    allowed, exposed = cors_allows(client, f"{API}/vms", "authorization,x-request-id",
+                                   read_path="/healthz")
+    assert "x-request-id" in allowed
+    assert "x-request-id" in exposed
 
 
 # ---------------------------------------------------------------- metrics
@@ -252,7 +251,7 @@ def test_the_access_log_line_in_json(sim: SimulatedBackend, capsys: pytest.Captu
     # Leaving the client ran the lifespan's end, which flushes the batched lines.
     err = capsys.readouterr().err
     access = [json.loads(line) for line in err.splitlines()]
-    assert all(a["logger"] == "cockpit_api.access" for a in access)
+    assert all(a["logger"] == "cockpit_api.http.access" for a in access)
     mine = next(a for a in access if a["request_id"] == "from-the-client")
     assert mine["operation"] == "list_vms" and mine["status"] == 200
     assert mine["user"] == "admin" and mine["method"] == "GET" and mine["path"] == f"{API}/vms"
@@ -271,7 +270,7 @@ def test_the_text_access_log_goes_through_logging(sim: SimulatedBackend,
                      auth_clock=FakeClock())
     with TestClient(app) as client, caplog.at_level(logging.INFO):
         client.get("/healthz", headers={"X-Request-Id": "text-1"})
-    (rec,) = [r for r in caplog.records if r.name == "cockpit_api.access"]
+    (rec,) = [r for r in caplog.records if r.name == "cockpit_api.http.access"]
     assert rec.getMessage().startswith("GET /healthz 200 ")
     assert rec.getMessage().endswith("op=healthz user=- rid=text-1")
     line = json.loads(JsonFormatter().format(rec))  # the same fields in the JSON formatter
@@ -281,7 +280,7 @@ def test_the_text_access_log_goes_through_logging(sim: SimulatedBackend,
 def test_no_access_log_unless_asked(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
         client.get("/healthz")
-    assert not [r for r in caplog.records if r.name == "cockpit_api.access"]
+    assert not [r for r in caplog.records if r.name == "cockpit_api.http.access"]
 
 
 # ---------------------------------------------------------------- settings
@@ -329,45 +328,15 @@ def test_the_request_layer_adds_under_5_percent_to_a_list(app: CockpitApp,
                                                            admin: dict[str, str]) -> None:
     """Counted in Python bytecodes (deterministic; bench/ops_overhead.py --bytecodes)."""
     import asyncio
-    import sys
 
-    from cockpit_api.logs import JsonAccessLog
+    from cockpit_api.ops.logs import JsonAccessLog
+    from tests.bytecodes import least_bytecodes
 
     layer = app.inner
     headers = [(b"host", b"testserver"), (b"authorization", admin["Authorization"].encode())]
-    count = [0]
 
-    def tracer(frame, event, _arg):  # type: ignore[no-untyped-def]
-        frame.f_trace_opcodes = True
-        if event == "opcode":
-            count[0] += 1
-        return tracer
-
-    async def one() -> int:
-        async def receive() -> dict[str, object]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, object]) -> None:
-            if message["type"] == "http.response.start":
-                assert message["status"] == 200
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": "GET", "scheme": "http", "path": f"{API}/vms",
-                 "raw_path": f"{API}/vms".encode(), "query_string": b"limit=100",
-                 "root_path": "", "headers": list(headers), "client": ("127.0.0.1", 1),
-                 "server": ("testserver", 80)}
-        count[0] = 0
-        sys.settrace(tracer)
-        try:
-            await app(scope, receive, send)
-        finally:
-            sys.settrace(None)
-        return count[0]
-
-    async def least(n: int = 3) -> int:
-        for _ in range(5):
-            await one()
-        return min([await one() for _ in range(n)])
+    async def least() -> int:
+        return await least_bytecodes(app, headers)
 
     lines = JsonAccessLog()
     lines.flush = lambda: None  # type: ignore[method-assign]  # nothing is written here

@@ -12,7 +12,7 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed: run "
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from backends.libvirt import LibvirtBackend
+from cockpit_api.backends.libvirt import LibvirtBackend
 from cockpit_api.config import HostConfig
 from tests.libvirt_support import (
     host_configs,

@@ -73,7 +73,7 @@ def test_a_scrape_follows_requests_a_migration_and_a_host_loss_and_logs_are_json
     assert _get(lost, "process_resident_memory_bytes") > 0
 
     lines = [json.loads(line) for line in log.splitlines() if line.strip()]  # every line is JSON
-    access = [e for e in lines if e["logger"] == "cockpit_api.access"]
+    access = [e for e in lines if e["logger"] == "cockpit_api.http.access"]
     mine = [e for e in access if e.get("request_id") == "served-rid-1"]
     assert len(mine) == 1
     assert {k: mine[0][k] for k in ("method", "path", "operation", "status", "user")} == {

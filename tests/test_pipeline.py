@@ -1,4 +1,4 @@
-"""The compiled request pipeline (cockpit_api/pipeline.py) against Connexion's own stack.
+"""The compiled request pipeline (cockpit_api/http/pipeline.py) against Connexion's own stack.
 
 Same requests, same answers, on the project's API and on a small spec built to probe
 routing precedence, bodies and defaults, sync handlers and streaming; operations are
@@ -17,11 +17,12 @@ from connexion.middleware import MiddlewarePosition
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
-from cockpit_api import pipeline
 from cockpit_api.app import create_app
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
+from cockpit_api.http import pipeline
 from tests import pipeline_app
 from tests.conftest import NODE2, SECRET, T0, FakeClock
 
@@ -136,7 +137,7 @@ def test_every_operation_of_both_specs_is_compiled(client: TestClient) -> None:
               for m, p in by_method.items()}
     assert served == routed
     ids = {op_id for _, op_id in routed}
-    assert {"handlers.vms.list_vms", "handlers.control.get_state"} <= ids
+    assert {"cockpit_api.handlers.vms.list_vms", "cockpit_api.handlers.control.get_state"} <= ids
     assert len(routed) >= 20
 
 

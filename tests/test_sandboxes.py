@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
 
-from backends.sim import SimulatedBackend
 from cockpit_api.app import create_app
+from cockpit_api.backends.sim.backend import SimulatedBackend
 from cockpit_api.config import ConfigError, Settings
 from tests.conftest import NODE1, NODE2, NODE3, SECRET, T0, FakeClock, login
 
@@ -380,3 +381,24 @@ def test_each_world_has_its_own_change_feed(client: TestClient, admin: dict[str,
             if e["type"] == "vm"] == [("vm", BUILD1, "running")]
     for (base, h), after in zip(worlds[1:], positions[1:], strict=True):
         assert events(base, h, after) == []
+
+
+def test_a_sandbox_s_world_is_built_from_the_same_settings(sim: SimulatedBackend,
+                                                             auth_clock: FakeClock) -> None:
+    """One factory builds every world (cockpit_api/world.py): a sandbox's auth service has
+    the default world's settings but its own secret (it used to drop failure_window and
+    audit_retention)."""
+    settings = Settings(jwt_secret=SECRET, failure_window=42, audit_retention_days=3,
+                        max_failures_per_user=7, token_ttl=120)
+    app = create_app(settings, backend=sim, auth_clock=auth_clock)
+    with TestClient(app) as client:
+        box = _new(client, login(client, "admin", "admin"))
+        registry = app.services.sandboxes
+        assert registry is not None
+        world = app.services.auth.settings
+        inner = registry.route(f"{box['path']}/api/v1/vms")[1]
+        assert inner is not None
+        theirs = inner.services.auth.settings
+        assert theirs.secret and theirs.secret != world.secret
+        assert (theirs.failure_window, theirs.audit_retention) == (42, 3 * 86400)
+        assert dataclasses.replace(theirs, secret=world.secret) == world

@@ -73,7 +73,7 @@ def _world_gets(c: httpx.Client, h: dict[str, str]) -> dict[str, tuple[str, byte
     """Every GET of the two specs, with every id the world has: (ETag, body) by URL."""
     import yaml
 
-    from cockpit_api.app import CONTROL_SPEC, SPEC
+    from cockpit_api.http.served_spec import CONTROL_SPEC, SPEC
 
     hosts = [x["id"] for x in c.get("/api/v1/hosts", headers=h).json()["hosts"]]
     vms = [x["id"] for x in c.get("/api/v1/vms?limit=1000", headers=h).json()["vms"]]

@@ -20,10 +20,10 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-import cockpit_api.auth as auth_mod
-from backends import scenario
-from backends.sim import SimulatedBackend, VirtualClock
 from cockpit_api.app import CockpitApp, create_app
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from cockpit_api.config import Settings
 from cockpit_api.store import Store, open_store
 from cockpit_api.store.sql import SqlStore
@@ -92,15 +92,8 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 async def test_a_burst_of_wrong_passwords_checks_at_most_the_limit(
-        app: CockpitApp, monkeypatch: pytest.MonkeyPatch) -> None:
-    checked: list[str] = []
-    real = auth_mod.verify_password
-
-    def counting(password: str, encoded: str) -> bool:
-        checked.append(password)
-        return real(password, encoded)
-
-    monkeypatch.setattr(auth_mod, "verify_password", counting)
+        app: CockpitApp, password_checks: list[tuple[str, str]]) -> None:
+    checked = password_checks
     async with Client(app).at("10.0.0.7") as c:
         wrong = [c.post(f"{B}/auth/login", json={"username": "admin", "password": f"x{i}"})
                  for i in range(100)]
@@ -331,7 +324,7 @@ async def test_every_write_is_audited(app: CockpitApp) -> None:
     assert action["request_id"] == "req-123" and action["address"] == "10.0.0.5"
     assert action["path"] == f"{B}/vms/{VM}/action" and action["method"] == "POST"
     assert action["role"] == "admin" and action["at"].endswith("Z")
-    # Without the header, the id the server made for the request (cockpit_api/access.py).
+    # Without the header, the id the server made for the request (cockpit_api/http/access.py).
     assert entries[3]["request_id"] and entries[3]["request_id"] != "req-123"
 
 

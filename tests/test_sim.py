@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from backends import scenario
-from backends.base import (
+from cockpit_api.backends.base import (
     Conflict,
+    Fault,
     InvalidArgument,
     MetricsWindow,
     MigrationFilter,
@@ -21,7 +21,9 @@ from backends.base import (
     Vm,
     VmFilter,
 )
-from backends.sim import Fault, SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from tests.conftest import NODE1, NODE2, NODE3, NODE4, T0
 
 R = TypeVar("R")
@@ -452,7 +454,7 @@ def test_generated_scenarios_are_deterministic() -> None:
     ],
 )
 def test_bad_scenarios_are_refused_with_a_reason(bad: Any) -> None:
-    from backends.base import InvalidArgument
+    from cockpit_api.backends.base import InvalidArgument
 
     with pytest.raises(InvalidArgument) as err:
         scenario.load(bad)

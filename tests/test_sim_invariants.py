@@ -18,16 +18,18 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from backends import scenario
-from backends.base import (
+from cockpit_api.backends.base import (
     FINAL_MIGRATION_STATUSES,
     BackendError,
+    Fault,
     MigrationFilter,
     MigrationRequest,
     PageRequest,
     VmFilter,
 )
-from backends.sim import Fault, SimulatedBackend, VirtualClock
+from cockpit_api.backends.sim import scenario
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.backends.sim.clock import VirtualClock
 from tests.conftest import T0
 
 _ORDER = {"initiated": 0, "running": 1, "completed": 2, "failed": 2, "cancelled": 2}

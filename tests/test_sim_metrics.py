@@ -8,14 +8,14 @@ import statistics
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from backends.base import (
+from cockpit_api.backends.base import (
     MetricPoint,
     MetricsWindow,
     MigrationFilter,
     MigrationRequest,
     PageRequest,
 )
-from backends.sim import SimulatedBackend
+from cockpit_api.backends.sim.backend import SimulatedBackend
 from tests.conftest import NODE1, NODE2, T0
 
 T = TypeVar("T")

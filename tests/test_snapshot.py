@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from backends import scenario as scenarios
+from cockpit_api.backends.sim import scenario as scenarios
 from tests.serving import ROOT, Server, free_port, serve_process
 
 T0 = "2026-12-01T08:00:00Z"
@@ -320,9 +320,10 @@ def _played_back(guest: dict[str, Any], memory_mib: int = 4096) -> dict[str, flo
     import asyncio
     from dataclasses import asdict
 
-    from backends.base import MetricsWindow
-    from backends.sim import SimulatedBackend, VirtualClock
-    from cockpit_api.snapshot_fit import fit_chart
+    from cockpit_api.backends.base import MetricsWindow
+    from cockpit_api.backends.sim.backend import SimulatedBackend
+    from cockpit_api.backends.sim.clock import VirtualClock
+    from cockpit_api.snapshot.fit import fit_chart
 
     sc = scenarios.load({"seed": 3, "hosts": [{"hostname": "a"}], "vms": [
         {"id": WEB1, "name": "v", "host": "a", "status": "running", "memory_mib": memory_mib,

@@ -28,7 +28,7 @@ if any(shutil.which(t) is None for t in ("libvirtd", "virsh", "qemu-system-x86_6
     pytest.skip("the lab's Debian packages are missing: run lab/install-deps.sh",
                 allow_module_level=True)
 
-from cockpit_api.auth import hash_password
+from cockpit_api.auth.service import hash_password
 from tests.lab_support import NODE1, NODE2, TIMINGS
 from tests.serving import free_port, serve_process
 from tests.test_snapshot import snapshot

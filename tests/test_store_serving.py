@@ -159,7 +159,7 @@ def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 
 
 def test_hash_password_reads_a_pipe() -> None:
-    from cockpit_api.auth import verify_password
+    from cockpit_api.auth.service import verify_password
 
     done = _cli("hash-password", stdin="s3cret\n")
     assert done.returncode == 0, done.stderr

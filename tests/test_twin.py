@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from backends.base import Vm
-from backends.sim import SimulatedBackend
-from cockpit_api import cli, twin
+from cockpit_api import cli
+from cockpit_api.backends.base import Vm
+from cockpit_api.backends.sim.backend import SimulatedBackend
+from cockpit_api.twin import worlds as twin
 from tests.serving import served
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -126,7 +127,7 @@ def test_the_scenario_is_the_deployments_snapshot(fresh_deployment: str) -> None
     session (no second login), with the guest models and the twin's admin on top."""
     import httpx
 
-    from backends import scenario as scenarios
+    from cockpit_api.backends.sim import scenario as scenarios
 
     with httpx.Client(timeout=30) as http:
         api = twin.Api(http, f"{fresh_deployment}/api/v1", "admin", "admin")
@@ -180,7 +181,7 @@ def test_the_end_leaves_every_canary_settled_and_says_where(tmp_path: Path) -> N
     so the migration would never end on its own."""
     import httpx
 
-    from cockpit_api import twin_machine
+    from cockpit_api.twin import machine as twin_machine
 
     with served("--scenario", str(DATA / "twin-scenario.yaml"), "--speed", "0") as base, \
             httpx.Client(timeout=30) as http:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cockpit_api import cli, twin
+from cockpit_api import cli
+from cockpit_api.twin import worlds as twin
 from tests.lab_support import NODE1, NODE2, TIMINGS
 from tests.test_libvirt_faults import served_lab
 
@@ -71,7 +72,7 @@ def test_a_host_lost_mid_migration_ends_alike_on_the_lab_and_the_twin(
     the same cluster once the host is back."""
     import httpx
 
-    from cockpit_api import twin_machine
+    from cockpit_api.twin import machine as twin_machine
     from tests.lab_support import lab
     from tests.libvirt_support import poll
 

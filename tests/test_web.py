@@ -1,4 +1,5 @@
-"""The dashboard's serving (cockpit_api/web.py): static files, config, redirects, the CLI line."""
+"""The dashboard's serving (cockpit_api/http/web.py): static files, config, redirects, the CLI
+line."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_serve_prints_the_dashboard_address() -> None:
 def test_no_demo_users_in_front_of_real_hosts() -> None:
     from types import SimpleNamespace
 
-    from cockpit_api.web import page_config
+    from cockpit_api.http.web import page_config
 
     real = SimpleNamespace(info=SimpleNamespace(kind="libvirt"))
     config = page_config(real)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """The libvirt backend: a cluster of real libvirt hosts, one connection each.
 
-It answers with the semantics of :mod:`backends.sim` (the executable document
+It answers with the semantics of :mod:`cockpit_api.backends.sim.backend` (the executable document
 of how a Cockpit cluster behaves) wherever libvirt lets it; the places where a
 real hypervisor differs are listed in the final section below.
 
@@ -30,9 +30,9 @@ The package, one concern a module:
 Actions
     Every action re-reads the domain's state in the same owner-thread call that
     acts, and refuses or no-ops exactly as the simulator does (see
-    :func:`backends.libvirt.calls.do_action`).
+    :func:`cockpit_api.backends.libvirt.calls.do_action`).
 Errors
-    :func:`backends.libvirt.errors.translate` is the one function that reads
+    :func:`cockpit_api.backends.libvirt.errors.translate` is the one function that reads
     libvirt error codes; no ``libvirtError`` leaves this package.
 
 Known differences from the simulator (measured on libvirt 9.0 + QEMU 7.2, and the test driver)
@@ -69,8 +69,8 @@ Known differences from the simulator (measured on libvirt 9.0 + QEMU 7.2, and th
       (in the lab both nodes are one machine).
 """
 
-from backends.libvirt.backend import LibvirtBackend
-from backends.libvirt.calls import status_of
-from backends.libvirt.link import ensure_event_loop
+from cockpit_api.backends.libvirt.backend import LibvirtBackend
+from cockpit_api.backends.libvirt.calls import status_of
+from cockpit_api.backends.libvirt.link import ensure_event_loop
 
 __all__ = ["LibvirtBackend", "ensure_event_loop", "status_of"]

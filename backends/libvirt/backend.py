@@ -1,9 +1,10 @@
-"""The facade: :class:`LibvirtBackend`, the :class:`~backends.base.Backend` over real hosts.
+"""The facade: :class:`LibvirtBackend`, the :class:`~cockpit_api.backends.base.Backend` over
+real hosts.
 
 It owns the parts (hosts and their links, migrations, the sampler, the
 inventory they feed) and answers the interface's calls from them: reads from
 the inventory alone, actions on the VM's host's link, migrations through
-:class:`~backends.libvirt.jobs.Migrations`.
+:class:`~cockpit_api.backends.libvirt.jobs.Migrations`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import libvirt
 
-from backends.base import (
+from cockpit_api.backends.base import (
     ActionName,
     BackendError,
     BackendInfo,
@@ -38,18 +39,15 @@ from backends.base import (
     Vm,
     VmFilter,
 )
-from backends.inventory import Inventory, JobTable
-from backends.libvirt import calls, durable
-from backends.libvirt.hostids import HostIdError
-from backends.libvirt.hosts import HostConfigLike, Hosts, HostState, Tuning
-from backends.libvirt.jobs import Job, Migrations
-from backends.libvirt.link import ensure_event_loop
-from backends.libvirt.metrics import MetricsStore, Series
-from backends.libvirt.sampler import Sampler
-
-if TYPE_CHECKING:
-    from cockpit_api.config import Settings
-    from cockpit_api.store import Store
+from cockpit_api.backends.inventory import Inventory, JobTable
+from cockpit_api.backends.jobstore import JobStore as Store
+from cockpit_api.backends.libvirt import calls, durable
+from cockpit_api.backends.libvirt.hostids import HostIdError
+from cockpit_api.backends.libvirt.hosts import HostConfigLike, Hosts, HostState, Tuning
+from cockpit_api.backends.libvirt.jobs import Job, Migrations
+from cockpit_api.backends.libvirt.link import ensure_event_loop
+from cockpit_api.backends.libvirt.metrics import MetricsStore, Series
+from cockpit_api.backends.libvirt.sampler import Sampler
 
 log = logging.getLogger("cockpit_api.libvirt")
 
@@ -144,28 +142,6 @@ class LibvirtBackend:
     @call_observer.setter
     def call_observer(self, observer: Callable[[str, float, bool], None] | None) -> None:
         self.hosts.call_observer = observer
-
-    @classmethod
-    def from_settings(cls, settings: Settings, store: Store | None = None,
-                      **overrides: Any) -> LibvirtBackend:
-        from cockpit_api.config import ConfigError
-
-        if not settings.hosts:
-            raise ConfigError("the libvirt backend needs at least one [[hosts]] entry "
-                              "(name, uri, optional migration_uri)")
-        kwargs: dict[str, Any] = {
-            "state_file": settings.state_file,
-            "resync_seconds": settings.resync_seconds,
-            "sample_seconds": settings.sample_seconds,
-            "retention_seconds": settings.retention_seconds,
-            "migration_bandwidth_mib": settings.migration_bandwidth_mib,
-            "store": store,
-        }
-        kwargs.update(overrides)
-        try:
-            return cls(settings.hosts, **kwargs)
-        except HostIdError as exc:
-            raise ConfigError(str(exc)) from None
 
     def now(self) -> float:
         return time.time()

@@ -3,7 +3,7 @@
 Each takes the connection first and returns plain data (never a libvirt
 object: a ``virDomain`` holds a reference on its connection, and must be freed
 on the thread that owns it). They may raise ``libvirtError`` (translated by
-the caller) or a :class:`~backends.base.BackendError`.
+the caller) or a :class:`~cockpit_api.backends.base.BackendError`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import libvirt
 
-from backends.base import ACTIVE_STATUSES, Conflict, NotFound, VmStatus
-from backends.libvirt.errors import translate
-from backends.libvirt.metrics import HostSample
+from cockpit_api.backends.base import ACTIVE_STATUSES, Conflict, NotFound, VmStatus
+from cockpit_api.backends.libvirt.errors import translate
+from cockpit_api.backends.libvirt.metrics import HostSample
 
 _STATUS: dict[int, VmStatus] = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",

@@ -30,14 +30,31 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from backends.base import MigrationRequest
-from backends.libvirt.hostids import HostIdError, _read, load_host_ids, uuid7
+from cockpit_api.backends.base import MigrationRequest, MigrationStatus
+from cockpit_api.backends.jobstore import JobConflict, JobRecord
+from cockpit_api.backends.jobstore import JobStore as Store
+from cockpit_api.backends.libvirt.hostids import HostIdError, _read, load_host_ids, uuid7
 
-if TYPE_CHECKING:
-    from backends.libvirt.jobs import Job
-    from cockpit_api.store import JobRecord, Store
+
+class Job(Protocol):
+    """What a record is made of and written back to: the fields of a job
+    (:class:`~cockpit_api.backends.libvirt.jobs.Job`) this module reads and sets."""
+
+    id: str
+    vm_id: str
+    source_host_id: str
+    request: MigrationRequest
+    created_at: float
+    status: MigrationStatus
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    total: int
+    processed: int
+    remaining: int
+    percent: float
 
 log = logging.getLogger("cockpit_api.libvirt")
 
@@ -64,8 +81,6 @@ def host_ids(store: Store | None, state_file: str, names: Sequence[str]) -> dict
 
 
 def record_of(job: Job, owner: str) -> JobRecord:
-    from cockpit_api.store import JobRecord
-
     r = job.request
     return JobRecord(
         id=job.id, vm_id=job.vm_id, owner="api", source_host_id=job.source_host_id,
@@ -127,8 +142,6 @@ class Durable:
             return
         for rec in await self.unfinished():
             if rec.vm_id == vm_id:
-                from cockpit_api.store import JobConflict
-
                 raise JobConflict(vm_id, rec.id)
 
     async def records(self) -> list[JobRecord]:

@@ -3,7 +3,7 @@
 Like Nova's ``host.py`` (whose ``_get_domain`` is the one spot that turns
 ``VIR_ERR_NO_DOMAIN`` into ``InstanceNotFound``), every ``libvirtError`` the
 libvirt backend meets goes through :func:`translate` and leaves as a
-:class:`~backends.base.BackendError`; handlers never see a ``libvirtError``.
+:class:`~cockpit_api.backends.base.BackendError`; handlers never see a ``libvirtError``.
 
 =====================================================  ============================
 libvirt                                                domain error (HTTP)
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import libvirt
 
-from backends.base import BackendError, Conflict, NotFound, NotSupported, Unavailable
+from cockpit_api.backends.base import BackendError, Conflict, NotFound, NotSupported, Unavailable
 
 _UNSUPPORTED = frozenset({
     libvirt.VIR_ERR_NO_SUPPORT,

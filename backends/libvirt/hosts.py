@@ -1,6 +1,6 @@
 """The configured hosts: their links, events and resyncs, and where each VM is listed.
 
-Per host, a :class:`~backends.libvirt.link.Link` (one connection, one owner
+Per host, a :class:`~cockpit_api.backends.libvirt.link.Link` (one connection, one owner
 thread, a bounded queue: one host's calls never wait behind another's), opened
 in the background: start-up never waits on a host. A lost link (the close
 callback, which keepalive fires for a frozen daemon; or a call failing on a
@@ -12,7 +12,7 @@ never repeated in parallel, so a frozen host holds one thread, not one per try.
 Events (one domain) and resyncs (the whole host: every ``resync_seconds``,
 after each action and after each migration) are applied by one worker task
 per host to that host's snapshot of its domains; :meth:`Hosts.recompute` turns
-the snapshots into the one listed :class:`~backends.base.Vm` per UUID. Reads
+the snapshots into the one listed :class:`~cockpit_api.backends.base.Vm` per UUID. Reads
 never wait on libvirt.
 """
 
@@ -29,13 +29,19 @@ from typing import Any, Protocol, TypeVar
 
 import libvirt
 
-from backends.base import BackendError, Host, Unavailable, Vm
-from backends.inventory import Inventory
-from backends.libvirt import calls
-from backends.libvirt.calls import Dom
-from backends.libvirt.errors import HOST_DISCONNECTED, translate
-from backends.libvirt.link import CLOSED, JOB, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL, Link
-from backends.libvirt.metrics import MetricsStore
+from cockpit_api.backends.base import BackendError, Host, Unavailable, Vm
+from cockpit_api.backends.inventory import Inventory
+from cockpit_api.backends.libvirt import calls
+from cockpit_api.backends.libvirt.calls import Dom
+from cockpit_api.backends.libvirt.errors import HOST_DISCONNECTED, translate
+from cockpit_api.backends.libvirt.link import (
+    CLOSED,
+    JOB,
+    KEEPALIVE_COUNT,
+    KEEPALIVE_INTERVAL,
+    Link,
+)
+from cockpit_api.backends.libvirt.metrics import MetricsStore
 
 log = logging.getLogger("cockpit_api.libvirt")
 

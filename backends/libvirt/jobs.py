@@ -1,7 +1,7 @@
 """Migration jobs: started here, or found running in libvirt, each ending in a true state.
 
 A migration this server starts is ``migrateToURI3`` peer-to-peer on the
-source, over a connection of its own (a :class:`~backends.libvirt.link.Link`
+source, over a connection of its own (a :class:`~cockpit_api.backends.libvirt.link.Link`
 used for that one call, so the host's link stays free for progress, cancel and
 reads). Progress comes from ``jobStats()`` polled through the source's link
 (the last non-zero numbers are kept: the first ~200 ms report zeros and the last
@@ -32,7 +32,7 @@ from typing import Any
 
 import libvirt
 
-from backends.base import (
+from cockpit_api.backends.base import (
     ACTIVE_STATUSES,
     FINAL_MIGRATION_STATUSES,
     BackendError,
@@ -45,12 +45,12 @@ from backends.base import (
     Unavailable,
     dry_run_job,
 )
-from backends.inventory import JobTable
-from backends.libvirt import calls, durable
-from backends.libvirt.durable import Durable
-from backends.libvirt.errors import ABORTED, HOST_DISCONNECTED, translate
-from backends.libvirt.hosts import Hosts, HostState
-from backends.libvirt.link import Link
+from cockpit_api.backends.inventory import JobTable
+from cockpit_api.backends.libvirt import calls, durable
+from cockpit_api.backends.libvirt.durable import Durable
+from cockpit_api.backends.libvirt.errors import ABORTED, HOST_DISCONNECTED, translate
+from cockpit_api.backends.libvirt.hosts import Hosts, HostState
+from cockpit_api.backends.libvirt.link import Link
 
 log = logging.getLogger("cockpit_api.libvirt")
 

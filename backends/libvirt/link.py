@@ -39,8 +39,8 @@ from typing import Any, Generic, TypeVar
 
 import libvirt
 
-from backends.base import Unavailable
-from backends.libvirt.errors import HOST_DISCONNECTED
+from cockpit_api.backends.base import Unavailable
+from cockpit_api.backends.libvirt.errors import HOST_DISCONNECTED
 
 log = logging.getLogger("cockpit_api.libvirt")
 

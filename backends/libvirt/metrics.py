@@ -6,7 +6,7 @@ rates here: ``cpu.time`` deltas give the share of the VM's vCPUs in use,
 ``block.N.rd/wr.bytes`` and ``net.N.rx/tx.bytes`` deltas give bytes per
 second. Each VM and each host keeps its samples for ``retention_seconds``.
 
-A :class:`~backends.base.MetricsWindow` is answered from the buffer: for each
+A :class:`~cockpit_api.backends.base.MetricsWindow` is answered from the buffer: for each
 sample instant, the latest sample at or before it, if that sample is less than
 one step older; otherwise the instant is a gap (the host was unreachable, or
 the sampler had not run yet).
@@ -18,7 +18,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import MetricPoint, MetricSeries, MetricsWindow
+from cockpit_api.backends.base import MetricPoint, MetricSeries, MetricsWindow
 
 MIB = 1024 * 1024
 

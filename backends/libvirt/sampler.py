@@ -2,7 +2,7 @@
 
 Each host is read on its own link (a frozen host's sample waits on that host
 alone) and a host that cannot be read leaves a gap. Domains that are migrating
-are skipped (see :func:`backends.libvirt.calls.read_stats`).
+are skipped (see :func:`cockpit_api.backends.libvirt.calls.read_stats`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import functools
 import logging
 import time
 
-from backends.base import ACTIVE_STATUSES, BackendError
-from backends.libvirt import calls
-from backends.libvirt.hosts import Hosts, HostState
-from backends.libvirt.jobs import Migrations
-from backends.libvirt.metrics import MetricsStore
+from cockpit_api.backends.base import ACTIVE_STATUSES, BackendError
+from cockpit_api.backends.libvirt import calls
+from cockpit_api.backends.libvirt.hosts import Hosts, HostState
+from cockpit_api.backends.libvirt.jobs import Migrations
+from cockpit_api.backends.libvirt.metrics import MetricsStore
 
 log = logging.getLogger("cockpit_api.libvirt")
 

@@ -63,10 +63,17 @@ drive them. When the database cannot be reached, methods raise
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from backends.base import Conflict, Unavailable
+from cockpit_api.backends.base import Unavailable
+
+# The job record is the backends' word (they import nothing from the server); the store
+# keeps it and implements their JobStore (cockpit_api/backends/jobstore.py).
+from cockpit_api.backends.jobstore import (
+    JobConflict as JobConflict,  # re-exported: the store raises it
+)
+from cockpit_api.backends.jobstore import JobRecord
 
 # When a signing key was last revoked (key/value): servers poll it and drop the key at once.
 KEYS_CHANGED = "jwt.keys_revoked_at"
@@ -83,18 +90,6 @@ class StoreUnavailable(Unavailable):
 
     def __init__(self, detail: str = "the state store is unavailable; retry shortly") -> None:
         super().__init__(detail, code="store_unavailable", retry_after=5)
-
-
-class JobConflict(Conflict):
-    """Another unfinished job already moves this VM (409)."""
-
-    code = "vm_migrating"
-
-    def __init__(self, vm_id: str, job_id: str | None) -> None:
-        super().__init__(f"VM {vm_id} already has an unfinished migration job"
-                         + (f" ({job_id})" if job_id else ""))
-        self.vm_id = vm_id
-        self.job_id = job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,26 +123,6 @@ class Counter:
     key: str
     count: int  # attempts in the window, this one included
     window_start: float
-
-
-@dataclass(slots=True)
-class JobRecord:
-    """A migration job as the store keeps it; ``request`` and ``progress`` are JSON objects."""
-
-    id: str
-    vm_id: str
-    owner: str  # the user who asked
-    request: dict[str, Any]
-    status: str
-    created_at: float
-    progress: dict[str, Any] = field(default_factory=dict)
-    source_host_id: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str | None = None
-    updated_at: float | None = None
-    lease_owner: str | None = None  # the replica driving it
-    lease_expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""Auth: users, tokens, sessions, login throttling."""

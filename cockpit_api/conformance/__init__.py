@@ -1,0 +1,1 @@
+"""`cockpit-api conformance`: schemathesis against any deployment, and its hooks."""

@@ -1,0 +1,1 @@
+"""Sandboxes: more simulated worlds served by the same app under /sandboxes/{id}/."""
