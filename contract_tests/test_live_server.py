@@ -39,7 +39,7 @@ MUST_SUCCEED = [("GET", "/api/v1/hosts"), ("GET", "/api/v1/vms/{id}"),
                 ("POST", "/api/v1/vms/{id}/action")]
 # Our access log (cockpit_api/http/access.py, text format):
 # `INFO cockpit_api.http.access: GET /api/v1/hosts 200 1.2ms op=list_hosts user=admin rid=...`
-ACCESS_LINE = re.compile(r"cockpit_api\.access: ([A-Z]+) (/\S*) (\d{3}) ")
+ACCESS_LINE = re.compile(r"cockpit_api\.http\.access: ([A-Z]+) (/\S*) (\d{3}) ")
 UUID = re.compile(r"/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 

@@ -474,3 +474,19 @@ def test_scenario_cross_references(doc: dict[str, Any], error: type, code: str) 
     with pytest.raises(error) as err:
         scenario.load(doc)
     assert err.value.code == code
+
+
+@pytest.mark.parametrize("extra", [
+    {"links": [{"source": "nowhere", "destination": "a"}]},
+    {"migrations": [{"id": "j", "vm": "v", "source": "a", "destination": "nowhere",
+                     "data_total_bytes": 1}]},
+    {"vms": [{"name": "v", "host": "a", "also_defined_on": ["nowhere"]}]},
+])
+def test_a_scenario_naming_an_unlisted_host_is_404_without_the_name(extra: dict[str, Any]) -> None:
+    # Schema-valid references to a host the scenario does not list were a KeyError, answered
+    # 400 "bad scenario: KeyError('nowhere')" (schemathesis: valid data rejected, and an echo).
+    from cockpit_api.backends.base import NotFound
+
+    with pytest.raises(NotFound) as caught:
+        scenario.load({"name": "x", "hosts": [{"hostname": "a"}], "vms": [], **extra})
+    assert caught.value.code == "host_not_found" and "nowhere" not in str(caught.value)

@@ -161,7 +161,9 @@ def load(source: str | Path | dict[str, Any] | list[Any]) -> Scenario:
     try:
         return _parse(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InvalidArgument(f"bad scenario: {exc!r}", code="bad_scenario") from None
+        # Not the exception's text: it quotes the client's data (a key, a value).
+        raise InvalidArgument(f"bad scenario: a required key is missing or a value has the "
+                              f"wrong type ({type(exc).__name__})", code="bad_scenario") from None
 
 
 def read_data(path: Path) -> Any:
@@ -239,7 +241,8 @@ def _parse(data: dict[str, Any]) -> Scenario:
                 memory_mib=int(v.get("memory_mib", 2048)),
                 persistent=bool(v.get("persistent", True)),
                 guest=_guest(g, rng),
-                also_defined_on=tuple(by_name[str(h)] for h in v.get("also_defined_on") or ()),
+                also_defined_on=tuple(_listed(by_name, h, "a VM's also_defined_on")
+                                      for h in v.get("also_defined_on") or ()),
             )
         )
     if gen := data.get("generate"):
@@ -249,7 +252,8 @@ def _parse(data: dict[str, Any]) -> Scenario:
         UserSpec(str(u["username"]), str(u["password"]), str(u.get("role", "viewer")))
         for u in data.get("users") or []
     ]
-    links = [LinkSpec(by_name[str(ln["source"])], by_name[str(ln["destination"])],
+    links = [LinkSpec(_listed(by_name, ln["source"], "a link"),
+                      _listed(by_name, ln["destination"], "a link"),
                       _opt_float(ln.get("bandwidth_bytes_per_s")),
                       _opt_float(ln.get("setup_seconds")))
              for ln in data.get("links") or []]
@@ -280,14 +284,24 @@ def _guest(g: dict[str, Any], rng: random.Random) -> GuestSpec:
                      load=load, disk_gib=int(g.get("disk_gib", 20)), behaviour=behaviour)
 
 
+def _listed(by_name: dict[str, str], host: Any, what: str) -> str:
+    """The id of a host the scenario lists (by hostname or id); else 404 ``host_not_found``,
+    as for a VM's host (the name itself is the client's text: not quoted)."""
+    host_id = by_name.get(str(host))
+    if host_id is None:
+        raise NotFound(f"{what} names a host the scenario does not list", code="host_not_found")
+    return host_id
+
+
 def _opt_float(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
 def _job(j: dict[str, Any], by_name: dict[str, str]) -> JobSpec:
     return JobSpec(
-        id=str(j["id"]), vm_id=str(j["vm"]), source=by_name[str(j["source"])],
-        destination=by_name[str(j["destination"])], live=bool(j.get("live", True)),
+        id=str(j["id"]), vm_id=str(j["vm"]), source=_listed(by_name, j["source"], "a migration"),
+        destination=_listed(by_name, j["destination"], "a migration"),
+        live=bool(j.get("live", True)),
         persistent=bool(j.get("persistent", True)),
         undefine_source=bool(j.get("undefine_source", True)),
         copy_storage=str(j.get("copy_storage", "none")), status=str(j.get("status", "completed")),
