@@ -286,6 +286,18 @@ class Server:
 _STARTED: list[Server] = []
 
 
+def stop_group(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """End a server we started in its own session (``start_new_session``): SIGTERM its
+    process group if it still runs, wait ``timeout`` seconds, then SIGKILL it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()

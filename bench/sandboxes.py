@@ -22,7 +22,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # bench/harness.py: ports, pinning, logins, RSS of a process
-from harness import Pinning, free_port, login, rss_kib, write_results
+from harness import Pinning, free_port, login, rss_kib, stop_group, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -165,13 +164,7 @@ def main() -> int:
                                                args.seconds))
             loads["a sandbox"].append(_wrk(f"{boxes[0]}{PATH}", tokens[0], args.seconds))
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 10)
         state.cleanup()
 
     heap = _heap(args.count)

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # bench/harness.py: ports, RSS of a process, results files
-from harness import free_port, rss_kib, write_results
+from harness import free_port, rss_kib, stop_group, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -308,13 +307,7 @@ def main() -> int:
             time.sleep(0.1)
         result = asyncio.run(_run(base, proc.pid, args))
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 15)
         log.seek(0)
         server_log = log.read()
         log.close()

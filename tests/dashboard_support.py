@@ -1,6 +1,7 @@
 """What the dashboard's browser tests share: one served simulator per module on a frozen
-clock (each module's `server` fixture), a fresh default world per test (its `base`), and
-the few steps every test takes (log in, move the clock from the panel)."""
+clock (the `server` fixture), a fresh default world per test (`base`), and the few steps
+every test takes (log in, move the clock from the panel). A test module binds the two
+fixtures (`server_fixture`, `base_fixture`) to names of its own to use them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import httpx
+import pytest
 
 from tests.serving import ROOT, served
 
@@ -51,6 +53,19 @@ def fresh_world(server: str) -> str:
     r = httpx.post(f"{server}/_sim/clock", json={"speed": 0}, headers=headers)
     assert r.status_code == 200, r.text
     return server
+
+
+# Named apart from what they give: a test module binds them to module names (an imported
+# `base` would clash, for ruff, with every test's `base` parameter); pytest finds them by `name`.
+@pytest.fixture(scope="module", name="server")
+def server_fixture() -> Iterator[str]:
+    with dashboard_server() as base:
+        yield base
+
+
+@pytest.fixture(name="base")
+def base_fixture(server: str) -> str:
+    return fresh_world(server)
 
 
 def shot(page: Page, name: str, selector: str | None = None) -> None:

@@ -195,6 +195,20 @@ def login_headers(client: Any) -> dict[str, str]:
     return login(client, *ADMIN)
 
 
+def write_serve_config(tmp_path: Path, hosts: list[tuple[str, str]], libvirt: str) -> Path:
+    """``tmp_path/cockpit.toml`` for ``serve`` on the libvirt backend, as an operator writes
+    it: the ``[libvirt]`` table (its state file in ``tmp_path``, then the lines ``libvirt``),
+    ``hosts`` (name, URI) and one admin, qa / qa-password."""
+    entries = "".join(f'[[hosts]]\nname = "{name}"\nuri = "{uri}"\n\n' for name, uri in hosts)
+    config = tmp_path / "cockpit.toml"
+    config.write_text(
+        'backend = "libvirt"\n\n[libvirt]\n'
+        f'state_file = "{tmp_path / "hosts.json"}"\n{libvirt}\n'
+        f'{entries}[[users]]\nusername = "qa"\npassword_hash = "{hash_password("qa-password")}"\n'
+        'role = "admin"\n', encoding="utf-8")
+    return config
+
+
 def conformance_of_served_libvirt(hosts: list[tuple[str, str]], tmp_path: Path, *,
                                   vm_pattern: str, max_examples: int,
                                   sample_seconds: float = 1.0) -> tuple[Any, str]:
@@ -206,13 +220,7 @@ def conformance_of_served_libvirt(hosts: list[tuple[str, str]], tmp_path: Path, 
 
     from tests.serving import ROOT, free_port, serve_process
 
-    entries = "".join(f'[[hosts]]\nname = "{name}"\nuri = "{uri}"\n\n' for name, uri in hosts)
-    config = tmp_path / "cockpit.toml"
-    config.write_text(
-        'backend = "libvirt"\n\n[libvirt]\n'
-        f'state_file = "{tmp_path / "hosts.json"}"\nsample_seconds = {sample_seconds}\n\n'
-        f'{entries}[[users]]\nusername = "qa"\npassword_hash = "{hash_password("qa-password")}"\n'
-        'role = "admin"\n', encoding="utf-8")
+    config = write_serve_config(tmp_path, hosts, f"sample_seconds = {sample_seconds}\n")
     port = free_port()
     argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--config", str(config),
             "--port", str(port), "--log-level", "warning"]

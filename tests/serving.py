@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +25,26 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def receive(s: socket.socket, timeout: float, *, until: Callable[[bytes], bool] = lambda _: False,
+            size: int = 65536, errors: tuple[type[OSError], ...] = (OSError,)) -> bytes:
+    """What the server sends on a raw socket until ``until(data)`` holds, it closes, a
+    receive raises one of ``errors``, or ``timeout`` seconds pass: b'' if nothing came."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not until(data) and time.monotonic() < deadline:
+        ready, _, _ = select.select([s], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        try:
+            chunk = s.recv(size)
+        except errors:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def login(client: Any, username: str, password: str) -> dict[str, str]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
+from tests import dashboard_support
 from tests.browser import Console, skip_reason
 from tests.dashboard_support import (
     NODE1,
@@ -32,8 +32,6 @@ from tests.dashboard_support import (
     RUNNING_VM,
     SHOTS,
     advance,
-    dashboard_server,
-    fresh_world,
     log_in,
     shot,
 )
@@ -43,18 +41,11 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
+# The fixtures `server` (one served simulator for the module) and `base` (a fresh world).
+server_fixture = dashboard_support.server_fixture
+base_fixture = dashboard_support.base_fixture
+
 WRITE_TOOLS = ["start", "stop", "force-stop", "restart", "suspend", "resume", "migrate", "cancel"]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with dashboard_server() as base:
-        yield base
-
-
-@pytest.fixture
-def base(server: str) -> str:
-    return fresh_world(server)
 
 
 def vm_row(page: Page, vm_id: str) -> str:

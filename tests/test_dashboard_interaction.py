@@ -14,7 +14,6 @@ import itertools
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from cockpit_api.backends.sim import scenario as scenarios
+from tests import dashboard_support
 from tests.browser import TIMEOUT_MS, VIEWPORT, Console, skip_reason
 from tests.dashboard_support import (
     FRONTEND2_VM,
@@ -33,8 +33,6 @@ from tests.dashboard_support import (
     NODE3,
     RUNNING_VM,
     admin_headers,
-    dashboard_server,
-    fresh_world,
     log_in,
     vm_row,
 )
@@ -49,6 +47,10 @@ except ImportError:  # pragma: no cover - then every test here is skipped
     PlaywrightTimeout = TimeoutError  # type: ignore[misc,assignment]
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
+
+# The fixtures `server` (one served simulator for the module) and `base` (a fresh world).
+server_fixture = dashboard_support.server_fixture
+base_fixture = dashboard_support.base_fixture
 
 HOLD_MS = 120  # a human click: press, hold, release
 CLICKS = 20
@@ -74,17 +76,6 @@ INSTRUMENT = """(() => {
     return add.call(this, type, fn, opts);
   };
 })();"""
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with dashboard_server() as base:
-        yield base
-
-
-@pytest.fixture
-def base(server: str) -> str:
-    return fresh_world(server)
 
 
 def waiting(button: Locator) -> bool:

@@ -27,7 +27,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import NODE1, NODE2
-from tests.serving import Server, free_port, serve_process
+from tests.serving import Server, free_port, receive, serve_process
 
 API = "/api/v1"
 VM = "d13c513a-42f8-4da1-97b1-165f0971b7c4"  # web-frontend-01, running on NODE1
@@ -288,20 +288,7 @@ def _socket(server: Server) -> Iterator[socket.socket]:
 
 def _answer(s: socket.socket, timeout: float = 5.0) -> bytes:
     """Everything the server sends until it closes (or ``timeout``): its answer, if any."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([s], [], [], deadline - time.monotonic())
-        if not ready:
-            break
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return receive(s, timeout, errors=(ConnectionResetError,))
 
 
 def _status(answer: bytes) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving import Server, free_port, serve_process
+from tests.serving import Server, free_port, receive, serve_process
 from tests.test_hostile_feed import FORGED
 
 API = "/api/v1"
@@ -57,20 +56,7 @@ def _open_stream(port: int, token: str, timeout: float = 3.0,
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(f"GET {API}/events{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
               f"Accept: {accept}\r\n\r\n".encode())
-    head = b""
-    deadline = time.monotonic() + timeout
-    while b"\r\n\r\n" not in head and time.monotonic() < deadline:
-        ready, _, _ = select.select([s], [], [], deadline - time.monotonic())
-        if not ready:
-            break
-        try:
-            chunk = s.recv(4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        head += chunk
-    return s, head
+    return s, receive(s, timeout, until=lambda head: b"\r\n\r\n" in head, size=4096)
 
 
 def _serve(*args: str, env: dict[str, str | None] | None = None,

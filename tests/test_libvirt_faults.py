@@ -41,9 +41,8 @@ if shutil.which("libvirtd") is None or shutil.which("qemu-system-x86_64") is Non
 
 import httpx
 
-from cockpit_api.auth.service import hash_password
 from tests.lab_support import NODE1, NODE2, TIMINGS, domstate, freeze, lab, thaw
-from tests.libvirt_support import poll
+from tests.libvirt_support import poll, write_serve_config
 from tests.serving import free_port, serve_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.libvirt]
@@ -140,15 +139,9 @@ def served_lab(lab_env: dict[str, str], tmp_path: Path, *, bandwidth: int = 20,
     # 0700: serve refuses a state dir other users can read (its store holds the signing keys).
     tmp_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp_path.chmod(0o700)
-    config = tmp_path / "cockpit.toml"
-    config.write_text(
-        'backend = "libvirt"\n\n[libvirt]\n'
-        f'state_file = "{tmp_path / "hosts.json"}"\nsample_seconds = 1\nresync_seconds = 5\n'
-        f'migration_bandwidth_mib = {bandwidth}\n\n'
-        f'[[hosts]]\nname = "{NODE1}"\nuri = "{lab_env["LAB_NODE1_URI"]}"\n\n'
-        f'[[hosts]]\nname = "{NODE2}"\nuri = "{lab_env["LAB_NODE2_URI"]}"\n\n'
-        f'[[users]]\nusername = "qa"\npassword_hash = "{hash_password("qa-password")}"\n'
-        'role = "admin"\n', encoding="utf-8")
+    config = write_serve_config(
+        tmp_path, [(NODE1, lab_env["LAB_NODE1_URI"]), (NODE2, lab_env["LAB_NODE2_URI"])],
+        f"sample_seconds = 1\nresync_seconds = 5\nmigration_bandwidth_mib = {bandwidth}\n")
     port = free_port()
     argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--config", str(config),
             "--port", str(port), "--log-level", "warning", "--state-dir", str(tmp_path),

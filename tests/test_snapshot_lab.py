@@ -28,8 +28,8 @@ if any(shutil.which(t) is None for t in ("libvirtd", "virsh", "qemu-system-x86_6
     pytest.skip("the lab's Debian packages are missing: run lab/install-deps.sh",
                 allow_module_level=True)
 
-from cockpit_api.auth.service import hash_password
 from tests.lab_support import NODE1, NODE2, TIMINGS
+from tests.libvirt_support import write_serve_config
 from tests.serving import free_port, serve_process
 from tests.test_snapshot import snapshot
 
@@ -104,14 +104,9 @@ def _view(c: Client) -> tuple[Any, ...]:
 def test_a_snapshot_of_the_lab_serves_like_the_lab(lab_env: dict[str, str],
                                                    tmp_path: Path) -> None:
     t0 = time.monotonic()
-    config = tmp_path / "cockpit.toml"
-    config.write_text(
-        'backend = "libvirt"\n\n[libvirt]\n'
-        f'state_file = "{tmp_path / "hosts.json"}"\nsample_seconds = 0.5\n\n'
-        f'[[hosts]]\nname = "{NODE1}"\nuri = "{lab_env["LAB_NODE1_URI"]}"\n\n'
-        f'[[hosts]]\nname = "{NODE2}"\nuri = "{lab_env["LAB_NODE2_URI"]}"\n\n'
-        f'[[users]]\nusername = "qa"\npassword_hash = "{hash_password("qa-password")}"\n'
-        'role = "admin"\n', encoding="utf-8")
+    config = write_serve_config(
+        tmp_path, [(NODE1, lab_env["LAB_NODE1_URI"]), (NODE2, lab_env["LAB_NODE2_URI"])],
+        "sample_seconds = 0.5\n")
     port = free_port()
     argv = [sys.executable, "-m", "cockpit_api.cli", "serve", "--config", str(config),
             "--port", str(port), "--log-level", "warning"]

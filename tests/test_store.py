@@ -19,7 +19,8 @@ from cockpit_api.store import (
     StoreUnavailable,
     open_store,
 )
-from cockpit_api.store.sql import SqlStore, display_url
+from cockpit_api.store.sql import SqlStore
+from cockpit_api.store.sql_engine import display_url
 from tests.pg import Postgres
 
 T = 1_800_000_000.0
@@ -67,7 +68,7 @@ def test_head_names_the_newest_revision() -> None:
     from alembic.script import ScriptDirectory
 
     from cockpit_api.store.migrations import HEAD
-    from cockpit_api.store.sql import MIGRATIONS
+    from cockpit_api.store.sql_engine import MIGRATIONS
 
     assert ScriptDirectory(str(MIGRATIONS)).get_current_head() == HEAD
 
@@ -76,7 +77,7 @@ def test_the_schema_goes_down_and_up_again(store_url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from cockpit_api.store.sql import MIGRATIONS
+    from cockpit_api.store.sql_engine import MIGRATIONS
 
     store = open_store(store_url)
     assert isinstance(store, SqlStore)

@@ -1,4 +1,4 @@
-"""The tables, as SQLAlchemy Core metadata: what the queries in ``sql.py`` are written against.
+"""The tables, as SQLAlchemy Core metadata: what the queries in ``sql_*.py`` are written against.
 
 The database schema itself is made by the Alembic revisions in ``migrations/versions/``;
 ``tests/test_store.py`` checks that the two agree.

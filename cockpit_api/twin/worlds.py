@@ -223,19 +223,19 @@ def snapshot_of(api: Api) -> Json:
     No charts (``metrics_vms=0``): the twin does not compare metrics, and a chart costs a
     metrics read per running VM at each example.
     """
-    from cockpit_api.snapshot import take as snapshot
+    from cockpit_api.snapshot import read, take
 
     def fetch(path: str, params: dict[str, Any] | None) -> tuple[int, Any]:
         try:
             r = api.get(path, **(params or {}))
         except httpx.HTTPError as exc:
-            raise snapshot.SnapshotError(f"cannot reach {api.root}: {exc}") from None
+            raise read.SnapshotError(f"cannot reach {api.root}: {exc}") from None
         return r.status, None if isinstance(r.body, str) else r.body
 
-    reader = snapshot.SessionReader(fetch, snapshot.public_url(api.root))
+    reader = read.SessionReader(fetch, read.public_url(api.root))
     try:
-        return snapshot.snapshot_through(reader, metrics_vms=0)
-    except snapshot.SnapshotError as exc:
+        return take.snapshot_through(reader, metrics_vms=0)
+    except read.SnapshotError as exc:
         raise CannotStart(f"cannot take the deployment's snapshot: {exc}") from None
 
 

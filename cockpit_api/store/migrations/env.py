@@ -1,4 +1,4 @@
-"""Alembic's environment: runs on the connection ``cockpit_api.store.sql`` hands it.
+"""Alembic's environment: runs on the connection ``cockpit_api.store.sql_engine`` hands it.
 
 Programmatic only (no alembic.ini): ``SqlStore`` upgrades the schema to head at start.
 To add a revision: copy the newest file in ``versions/``, give it a new ``revision`` and
