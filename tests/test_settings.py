@@ -142,8 +142,8 @@ def test_an_unknown_key_or_section_names_where_it_is(tmp_path: Path) -> None:
 
 
 def test_every_setting_has_a_row() -> None:
-    """A field added to Settings without a row in config.SETTINGS is read by a row
-    inferred from its type; give it its own (section, check, flag) and a README line."""
+    """A field added to Settings needs its row in config.SETTINGS (section, check, flag)
+    and a README line."""
     fields = set(Settings.rows())
     assert fields == set(SETTINGS), sorted(fields ^ set(SETTINGS))
 

@@ -59,6 +59,14 @@ class UsageError(Exception):
     pass
 
 
+def given_password(args: argparse.Namespace) -> str | None:
+    """The password of a client command (snapshot, twin): a line of stdin with
+    ``--password-stdin`` (never a flag: it would show in ps), else COCKPIT_PASSWORD."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return os.environ.get("COCKPIT_PASSWORD")
+
+
 def api_root(base_url: str) -> str:
     base = base_url.rstrip("/")
     return base if base.endswith("/api/v1") else f"{base}/api/v1"

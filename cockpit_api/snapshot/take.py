@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from cockpit_api.conformance.runner import given_password
 from cockpit_api.snapshot.anonymize import pseudonymize
 from cockpit_api.snapshot.read import (
     DEFAULT_METRICS_VMS,
@@ -143,11 +144,9 @@ def _regex(text: str) -> str:
 
 
 def _password(args: argparse.Namespace) -> str:
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    env = os.environ.get("COCKPIT_PASSWORD")
-    if env is not None:
-        return env
+    given = given_password(args)
+    if given is not None:
+        return given
     import getpass
 
     try:

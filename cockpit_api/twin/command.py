@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from cockpit_api.conformance.runner import UsageError, api_root
+from cockpit_api.conformance.runner import UsageError, api_root, given_password
 from cockpit_api.twin.worlds import (
     Api,
     CannotStart,
@@ -212,10 +212,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if args.password_stdin:
-        args.password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        args.password = os.environ.get("COCKPIT_PASSWORD")
+    args.password = given_password(args)
     if not args.password:
         raise UsageError("give the password on stdin (--password-stdin) or in COCKPIT_PASSWORD")
     if args.steps < 1:
